@@ -1,0 +1,314 @@
+"""The agent loop: consume -> decode -> route -> infer -> produce -> commit.
+
+One agent is one consumer-group member; run more processes to scale out. Offsets commit
+only after every record a batch produced (outputs, lake entries, dead letters) is
+acknowledged by the brokers, so a crash repeats work but never loses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, Message, Producer, TopicPartition
+
+from streamer.batching import MicroBatcher
+from streamer.codecs import EncodeError, decode_batch, make_decoder, make_encoder
+from streamer.commits import InFlight, InFlightBatch
+from streamer.config import Topology
+from streamer.errors import DeliveryFailed, StreamerError
+from streamer.inference import Scorer
+from streamer.kafka.clients import (
+    KafkaBatchSource,
+    Settings,
+    make_consumer,
+    make_producer,
+    missing_topics,
+    wait_for_cluster,
+)
+from streamer.metrics import Metrics, MetricsServer
+from streamer.models import Model, load_model
+from streamer.routing import Router
+from streamer.sinks import dead_letter_headers, lake_record, output_record
+
+log = logging.getLogger("streamer.agent")
+
+CONNECT_TIMEOUT_S = 30.0
+"""How long `run` waits for the cluster before it gives up with exit code 1."""
+DRAIN_TIMEOUT_S = 60.0
+"""How long shutdown waits for in-flight records to be acknowledged."""
+
+
+@dataclass
+class AgentStats:
+    """What one agent did; returned by `run` and printed by the demo."""
+
+    consumed: int = 0
+    served: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    largest_batch: int = 0
+    first_output_at: float | None = None
+    last_output_at: float | None = None
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def load_models(topology: Topology) -> dict[str, Model]:
+    """Every variant's model, checked against the topology's features and outputs."""
+    return {
+        v.name: load_model(v.model, len(topology.features), topology.outputs, v.version)
+        for v in topology.variants
+    }
+
+
+class Agent:
+    """Serves one topology until `stop()`; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        *,
+        metrics: Metrics | None = None,
+        consumer_overrides: Settings | None = None,
+        producer_overrides: Settings | None = None,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    ) -> None:
+        if topology.guarantee == "exactly_once":
+            raise StreamerError(
+                f"{topology.source}: guarantee: exactly_once is not available in this version; "
+                "use at_least_once"
+            )
+        self.topology = topology
+        self.metrics = metrics or Metrics()
+        self.models = load_models(topology)
+        self.router = Router(topology.served_weights())
+        self.scorer = Scorer(self.models, self.router, [v.name for v in topology.shadows])
+        self.decoder = make_decoder(topology.input.format, topology.input.schema_)
+        self.output_encoder = make_encoder(topology.output.format, topology.output.schema_)
+        self.lake_encoder = make_encoder(topology.lake.format, topology.lake.schema_)
+        self.stats = AgentStats()
+        self._consumer_overrides = dict(consumer_overrides or {})
+        self._producer_overrides = dict(producer_overrides or {})
+        self._connect_timeout_s = connect_timeout_s
+        self._stop = threading.Event()
+        self._in_flight = InFlight()
+        self._assigned: set[tuple[str, int]] = set()
+        self._joined = False
+        self._heartbeat = time.monotonic()
+        for name, model in self.models.items():
+            self.metrics.model_info.labels(name, model.version, model.sha256).set(1)
+        for name, weight in self.router.weights.items():
+            self.metrics.variant_weight.labels(name).set(weight)
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, flush, commit and return (signal-safe)."""
+        self._stop.set()
+
+    def run(self) -> AgentStats:
+        """Consume and serve until `stop()`; raises DeliveryFailed if records were lost."""
+        t = self.topology
+        admin = wait_for_cluster(t.kafka, self._connect_timeout_s)
+        topics = [t.input.topic, t.output.topic, t.lake.topic, t.dead_letter.topic]
+        missing = missing_topics(admin, topics, self._connect_timeout_s)
+        if missing:
+            raise StreamerError(
+                f"{t.source}: topic(s) {', '.join(missing)} do not exist; "
+                f"create them with `streamer topics create {t.source}`"
+            )
+        if t.routing.strategy == "bandit":
+            log.warning("routing.strategy bandit: serving the configured weights; this version "
+                        "does not read %s yet", t.routing.control_topic)
+        consumer = make_consumer(t.kafka, t.group_id, self._consumer_overrides)
+        producer = make_producer(t.kafka, self._producer_overrides)
+        server = self._start_metrics_server()
+        consumer.subscribe([t.input.topic], on_assign=self._on_assign,
+                           on_revoke=self._revoker(consumer, producer),
+                           on_lost=self._on_lost)
+        batcher = MicroBatcher(KafkaBatchSource(consumer), t.batching.max_batch_size,
+                               t.batching.max_wait_ms)
+        try:
+            while not self._stop.is_set():
+                self._heartbeat = time.monotonic()
+                self._wait_for_room(consumer, producer)
+                messages = batcher.next_batch()
+                if messages:
+                    self._serve(messages, producer)
+                producer.poll(0)
+                self._commit(consumer, asynchronous=True)
+        finally:
+            self._drain(consumer, producer)
+            if server is not None:
+                server.stop()
+        return self.stats
+
+    def _serve(self, messages: list[Message], producer: Producer) -> None:
+        """One batch: decode, dead-letter the bad, score the good, produce everything."""
+        fetched_at = time.time()
+        n = len(messages)
+        self.metrics.events_consumed.inc(n)
+        self.metrics.batch_size.observe(n)
+        self.stats.consumed += n
+        self.stats.batches += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, n)
+        batch = self._in_flight.open((m.topic(), m.partition(), m.offset()) for m in messages)
+        decoded = decode_batch([m.value() for m in messages], self.decoder, self.topology.features)
+        for index, err in decoded.rejected:
+            self._dead_letter(producer, batch, messages[index], err.reason, err.detail)
+        if not decoded.ok:
+            return
+        good = [messages[i] for i in decoded.ok]
+        ids = [_event_id(m, r) for m, r in zip(good, decoded.records, strict=True)]
+        ts_events = [_event_ts(m, fetched_at) for m in good]
+        scores = self.scorer.score(decoded.features, ids)
+        now = time.time()
+        ts_predicted = int(now * 1000)
+        latency_ms = round((now - fetched_at) * 1000.0, 3)
+        features = decoded.features.tolist()
+        served_output: dict[int, dict[str, Any]] = {}
+        lake: list[tuple[int, dict[str, Any]]] = []
+        for s in scores:
+            self.metrics.inference_seconds.labels(s.variant).observe(s.seconds)
+            self.metrics.predictions.labels(s.variant, str(s.shadow).lower()).inc(len(s.rows))
+            for j, row in enumerate(s.rows.tolist()):
+                out = output_record(ids[row], s.variant, s.version,
+                                    {k: v[j] for k, v in s.outputs.items()},
+                                    ts_events[row], ts_predicted)
+                if not s.shadow:
+                    served_output[row] = out
+                lake.append((row, lake_record(out, shadow=s.shadow, features=features[row],
+                                              latency_ms=latency_ms, topology=self.topology.name,
+                                              propensity=s.propensity)))
+        unserved: set[int] = set()
+        for row in range(len(good)):  # input order, so each partition's outputs stay ordered
+            msg = good[row]
+            try:
+                value = self.output_encoder.encode(served_output[row])
+            except EncodeError as exc:
+                self._dead_letter(producer, batch, msg, "encode_failed", str(exc))
+                unserved.add(row)
+                continue
+            self._produce(producer, batch, self.topology.output.topic, msg.key(), value)
+            self.metrics.end_to_end_seconds.observe(max(now - ts_events[row] / 1000.0, 0.0))
+        self.stats.served += len(good) - len(unserved)
+        self._write_lake(producer, batch, good, lake, unserved)
+        if self.stats.first_output_at is None:
+            self.stats.first_output_at = now
+        self.stats.last_output_at = now
+
+    def _write_lake(self, producer: Producer, batch: InFlightBatch, good: Sequence[Message],
+                    lake: list[tuple[int, dict[str, Any]]], unserved: set[int]) -> None:
+        for row, record in lake:
+            if row in unserved and not record["shadow"]:
+                continue
+            try:
+                value = self.lake_encoder.encode(record)
+            except EncodeError as exc:
+                # The event was served; a lake record the lake schema cannot hold is counted.
+                self.metrics.dead_letters.labels("lake_encode_failed").inc()
+                log.warning("lake record for %s not written: %s", record["id"], exc)
+                continue
+            self._produce(producer, batch, self.topology.lake.topic, good[row].key(), value)
+
+    def _dead_letter(self, producer: Producer, batch: InFlightBatch, msg: Message, reason: str,
+                     detail: str) -> None:
+        headers = dead_letter_headers(reason, detail, msg.topic(), msg.partition(), msg.offset())
+        self._produce(producer, batch, self.topology.dead_letter.topic, msg.key(), msg.value(),
+                      headers)
+        self.metrics.dead_letters.labels(reason).inc()
+        self.stats.dead_letters += 1
+        self.stats.dead_letter_reasons[reason] = self.stats.dead_letter_reasons.get(reason, 0) + 1
+
+    def _produce(self, producer: Producer, batch: InFlightBatch, topic: str, key: bytes | None,
+                 value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> None:
+        while True:
+            try:
+                producer.produce(topic, value, key, headers=headers, on_delivery=batch.on_delivery)
+                batch.sent()
+                return
+            except BufferError:  # the local queue is full: let deliveries drain it
+                producer.poll(0.05)
+
+    def _wait_for_room(self, consumer: Consumer, producer: Producer) -> None:
+        while len(self._in_flight) >= self.topology.batching.max_in_flight_batches:
+            producer.poll(0.01)
+            self._commit(consumer, asynchronous=True)
+
+    def _commit(self, consumer: Consumer, *, asynchronous: bool) -> None:
+        self._raise_on_failures()
+        offsets = self._in_flight.pop_committable()
+        owned = [TopicPartition(t, p, o) for (t, p), o in offsets.items()
+                 if (t, p) in self._assigned]
+        if owned:
+            consumer.commit(offsets=owned, asynchronous=asynchronous)
+
+    def _raise_on_failures(self) -> None:
+        failures = self._in_flight.failed()
+        if failures:
+            raise DeliveryFailed(
+                f"{len(failures)} record(s) were not acknowledged (first: {failures[0]}); "
+                "their input offsets stay uncommitted and will be served again"
+            )
+
+    def _drain(self, consumer: Consumer, producer: Producer) -> None:
+        try:
+            remaining = producer.flush(DRAIN_TIMEOUT_S)
+            if remaining:
+                log.error("%d record(s) unacknowledged after %.0fs; their offsets stay "
+                          "uncommitted", remaining, DRAIN_TIMEOUT_S)
+            else:
+                self._commit(consumer, asynchronous=False)
+        finally:
+            consumer.close()
+
+    def _revoker(self, consumer: Consumer, producer: Producer) -> Any:
+        def on_revoke(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            # Hand partitions over with everything served so far committed, so the next
+            # owner does not serve it again.
+            producer.flush(DRAIN_TIMEOUT_S)
+            self._commit(consumer, asynchronous=False)
+            self._assigned -= {(p.topic, p.partition) for p in partitions}
+
+        return on_revoke
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned |= {(p.topic, p.partition) for p in partitions}
+        self._joined = True
+        log.info("assigned %s", sorted(p.partition for p in partitions))
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned -= {(p.topic, p.partition) for p in partitions}
+
+    def _start_metrics_server(self) -> MetricsServer | None:
+        port = self.topology.metrics.port
+        if port is None:
+            return None
+        try:
+            return MetricsServer(self.metrics, port, self._healthy, lambda: self._joined).start()
+        except OSError as exc:
+            raise StreamerError(
+                f"{self.topology.source}: metrics.port: cannot listen on {port}: {exc.strerror}"
+            ) from None
+
+    def _healthy(self) -> bool:
+        stalled_after = 30.0 + self.topology.batching.max_wait_ms / 1000.0
+        return time.monotonic() - self._heartbeat < stalled_after
+
+
+def _event_id(msg: Message, record: Mapping[str, Any]) -> str:
+    """The input key as text; else the event's `id` field; else its Kafka coordinates."""
+    key = msg.key()
+    if key:
+        return key.decode("utf-8", "backslashreplace")
+    rid = record.get("id")
+    if isinstance(rid, str | int) and not isinstance(rid, bool) and rid != "":
+        return str(rid)
+    return f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
+
+
+def _event_ts(msg: Message, fallback_s: float) -> int:
+    kind, ts = msg.timestamp()
+    return int(ts) if kind != TIMESTAMP_NOT_AVAILABLE else int(fallback_s * 1000)

@@ -1,0 +1,149 @@
+"""The `streamer` command. Each command parses arguments and calls one function; user errors
+become one line on stderr and exit code 1, usage errors exit 2."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, NoReturn
+
+import typer
+
+from streamer.errors import StreamerError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Streaming ML inference on Apache Kafka.")
+kafka_app = typer.Typer(no_args_is_help=True, help="A local single-node Kafka for development.")
+topics_app = typer.Typer(no_args_is_help=True, help="Manage a topology's topics.")
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(topics_app, name="topics")
+
+TopologyArg = Annotated[Path, typer.Argument(help="Topology YAML file.", show_default=False)]
+PortOpt = Annotated[int, typer.Option(help="Broker port (the controller uses port+1).")]
+DataDirOpt = Annotated[Path | None, typer.Option(help="Broker state directory "
+                                                 "(default: ~/.cache/streamer/kafka/broker-PORT).")]
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def validate(topology: TopologyArg) -> None:
+    """Load config, schemas and models; check shapes and names; exit 1 listing each problem."""
+    from streamer.validate import validate as check
+
+    loaded, problems = check(topology)
+    if problems:
+        for p in problems:
+            typer.echo(f"error: {p}", err=True)
+        raise typer.Exit(1)
+    assert loaded is not None
+    variants = ", ".join(v.name + (" (shadow)" if v.shadow else "") for v in loaded.variants)
+    typer.echo(f"{topology}: ok: {loaded.name}: {len(loaded.features)} features, "
+               f"variants {variants}")
+
+
+@app.command()
+def run(
+    topology: TopologyArg,
+    log_level: Annotated[str, typer.Option(help="Python log level.")] = "info",
+) -> None:
+    """Run an agent until SIGTERM/SIGINT; then finish the batch, flush, commit and exit 0."""
+    from streamer.agent import Agent
+    from streamer.validate import validate as check
+
+    _setup_logging(log_level)
+    loaded, problems = check(topology)
+    if problems:
+        for p in problems:
+            typer.echo(f"error: {p}", err=True)
+        raise typer.Exit(1)
+    assert loaded is not None
+    try:
+        agent = Agent(loaded)
+
+        def _stop(signum: int, _frame: FrameType | None) -> None:
+            logging.getLogger("streamer").info("%s: draining", signal.Signals(signum).name)
+            agent.stop()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        stats = agent.run()
+    except StreamerError as exc:
+        _fail(str(exc))
+    typer.echo(f"stopped: {stats.consumed} consumed, {stats.served} served, "
+               f"{stats.dead_letters} dead letters, {stats.batches} batches", err=True)
+
+
+@topics_app.command("create")
+def topics_create(
+    topology: TopologyArg,
+    partitions: Annotated[int | None, typer.Option(min=1, help="Partitions per topic "
+                                                   "(default: topics.partitions).")] = None,
+    replication_factor: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Create the topology's topics; existing ones are left alone."""
+    from streamer.config import load_topology
+    from streamer.kafka.admin import create_topics
+
+    try:
+        loaded = load_topology(topology)
+        results = create_topics(loaded, partitions, replication_factor)
+    except StreamerError as exc:
+        _fail(str(exc))
+    for r in results:
+        typer.echo(f"{r.topic}: {'created' if r.created else 'exists'} "
+                   f"({r.partitions} partitions)")
+
+
+@kafka_app.command("start")
+def kafka_start(port: PortOpt = 9092, data_dir: DataDirOpt = None) -> None:
+    """Start the local broker (Apache Kafka jars via Maven, KRaft, one node)."""
+    from streamer.kafka.local import LocalKafka, start
+
+    try:
+        result = start(LocalKafka(port=port, data_dir=data_dir))
+    except StreamerError as exc:
+        _fail(str(exc))
+    if result.already_running:
+        typer.echo(f"Kafka already running at {result.bootstrap} (pid {result.pid})")
+    else:
+        typer.echo(f"Kafka started at {result.bootstrap} (pid {result.pid}, "
+                   f"{result.seconds:.1f}s)")
+
+
+@kafka_app.command("stop")
+def kafka_stop(port: PortOpt = 9092, data_dir: DataDirOpt = None) -> None:
+    """Stop the local broker."""
+    from streamer.kafka.local import LocalKafka, stop
+
+    stopped = stop(LocalKafka(port=port, data_dir=data_dir))
+    typer.echo("Kafka stopped" if stopped else "Kafka was not running")
+
+
+@kafka_app.command("status")
+def kafka_status(port: PortOpt = 9092, data_dir: DataDirOpt = None) -> None:
+    """Exit 0 when the local broker answers, 1 when it is down."""
+    from streamer.kafka.local import LocalKafka, status
+
+    broker = LocalKafka(port=port, data_dir=data_dir)
+    up, pid = status(broker)
+    if not up:
+        typer.echo(f"Kafka is not running at {broker.bootstrap}")
+        raise typer.Exit(1)
+    typer.echo(f"Kafka running at {broker.bootstrap} (pid {pid}, data {broker.home})")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

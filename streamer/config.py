@@ -1,0 +1,329 @@
+"""The topology file: pydantic models, loading, path resolution and env overrides.
+
+Every key of DESIGN.md's topology file is modelled here with its default; unknown keys are
+errors (a typo must not silently fall back to a default). Problems come out as
+`ConfigError`s naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from streamer.errors import ConfigError, ConfigErrors
+
+BOOTSTRAP_ENV = "STREAMER_BOOTSTRAP_SERVERS"
+"""Overrides `kafka.bootstrap_servers` of every topology (containers, CI, staging)."""
+
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_SECRET_KEYS = ("password", "secret", "token", "key.pem", "credentials")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _topic(value: str) -> str:
+    if not _TOPIC.match(value):
+        raise ValueError(f"{value!r} is not a valid Kafka topic name ([A-Za-z0-9._-], 1-249)")
+    return value
+
+
+def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
+    """Paths in a topology file are relative to that file."""
+    if value is None:
+        return None
+    base = (info.context or {}).get("base_dir")
+    return (Path(base) / value).resolve() if base and not value.is_absolute() else value
+
+
+class KafkaSettings(_Model):
+    """Where the cluster is and how to talk to it."""
+
+    bootstrap_servers: str = "localhost:9092"
+    """Comma-separated host:port list; `STREAMER_BOOTSTRAP_SERVERS` overrides it."""
+    config: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    """Any librdkafka setting (security.protocol, sasl.*, ssl.*, ...), passed to every client."""
+
+    def client_config(self) -> dict[str, str | int | float | bool]:
+        """librdkafka settings for a client of this cluster."""
+        return {**self.config, "bootstrap.servers": self.bootstrap_servers}
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings with secret values hidden, safe to print or log."""
+        return {
+            k: (SecretStr(str(v)) if any(s in k for s in _SECRET_KEYS) else v)
+            for k, v in self.client_config().items()
+        }
+
+
+class InputSpec(_Model):
+    """The topic events arrive on and how their values are encoded."""
+
+    topic: str
+    format: Literal["avro", "json"] = "json"
+    schema_: Path | None = Field(default=None, alias="schema")
+    """Avro schema (.avsc) of the event value; required for `format: avro`."""
+
+    _check_topic = field_validator("topic")(_topic)
+    _paths = field_validator("schema_")(_resolve)
+
+    @model_validator(mode="after")
+    def _avro_needs_schema(self) -> InputSpec:
+        if self.format == "avro" and self.schema_ is None:
+            raise ValueError("format avro needs a schema (path to an .avsc file)")
+        return self
+
+
+class SinkSpec(_Model):
+    """An output-like topic: predictions or the inference lake."""
+
+    topic: str
+    format: Literal["avro", "json"] = "json"
+    schema_: Path | None = Field(default=None, alias="schema")
+    """Avro schema of the records written; required for `format: avro`."""
+
+    _check_topic = field_validator("topic")(_topic)
+    _paths = field_validator("schema_")(_resolve)
+
+    @model_validator(mode="after")
+    def _avro_needs_schema(self) -> SinkSpec:
+        if self.format == "avro" and self.schema_ is None:
+            raise ValueError("format avro needs a schema (path to an .avsc file)")
+        return self
+
+
+class DeadLetterSpec(_Model):
+    topic: str
+
+    _check_topic = field_validator("topic")(_topic)
+
+
+class BatchingSpec(_Model):
+    """Micro-batching: a batch closes at max_batch_size events or max_wait_ms, whichever first."""
+
+    max_batch_size: int = Field(default=512, ge=1, le=100_000)
+    """Events per ONNX call; larger batches amortise per-call overhead."""
+    max_wait_ms: int = Field(default=5, ge=0, le=60_000)
+    """The longest an event waits for its batch to fill; bounds added latency."""
+    max_in_flight_batches: int = Field(default=4, ge=1, le=64)
+    """Batches produced but not yet acknowledged; their offsets commit in order once acked."""
+
+
+class VariantSpec(_Model):
+    """One model that scores events: served by weight, or a shadow that is only logged."""
+
+    name: str
+    model: Path
+    weight: float = Field(default=0.0, ge=0.0)
+    """Relative share of served traffic (normalised over non-shadow variants)."""
+    shadow: bool = False
+    """Scored and written to the lake for every event, never served."""
+    version: str | None = None
+    """Model version reported in records and metrics; defaults to the model file's stem."""
+
+    _paths = field_validator("model")(_resolve)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"{value!r} is not a valid variant name ([A-Za-z0-9._-])")
+        return value
+
+
+class RoutingSpec(_Model):
+    strategy: Literal["static", "bandit"] = "static"
+    control_topic: str | None = None
+    """Compacted topic of weight updates keyed by topology name (bandit, `streamer control`)."""
+
+    @field_validator("control_topic")
+    @classmethod
+    def _control(cls, value: str | None) -> str | None:
+        return None if value is None else _topic(value)
+
+    @model_validator(mode="after")
+    def _bandit_needs_control(self) -> RoutingSpec:
+        if self.strategy == "bandit" and self.control_topic is None:
+            raise ValueError("strategy bandit needs a control_topic")
+        return self
+
+
+class BanditSpec(_Model):
+    policy: Literal["thompson", "ucb1", "epsilon_greedy"] = "thompson"
+    feedback_topic: str
+    min_weight: float = Field(default=0.02, ge=0.0, lt=1.0)
+    """Floor for every variant's weight so none starves of exploration."""
+    decay: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Multiplier on past evidence per update; < 1 forgets old rewards."""
+
+    _check_topic = field_validator("feedback_topic")(_topic)
+
+
+class MetricsSpec(_Model):
+    port: int | None = Field(default=9100, ge=0, le=65535)
+    """Port of /metrics, /healthz and /readyz; null disables the server, 0 picks a free one."""
+
+
+class TopicsSpec(_Model):
+    """Defaults for `streamer topics create`."""
+
+    partitions: int = Field(default=6, ge=1, le=10_000)
+    replication_factor: int = Field(default=1, ge=1, le=32)
+
+
+class Topology(_Model):
+    """One topology file: what runs, where it reads and where it writes."""
+
+    name: str
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    input: InputSpec
+    features: list[str] = Field(min_length=1)
+    """Record fields that become float32 model input columns, in this order."""
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    variants: list[VariantSpec] = Field(min_length=1)
+    outputs: list[str] | None = None
+    """ONNX outputs to publish (default: all of them)."""
+    output: SinkSpec
+    lake: SinkSpec
+    dead_letter: DeadLetterSpec
+    routing: RoutingSpec = Field(default_factory=RoutingSpec)
+    bandit: BanditSpec | None = None
+    guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    topics: TopicsSpec = Field(default_factory=TopicsSpec)
+    source: Path | None = Field(default=None, exclude=True)
+    """The file this topology was loaded from (set by `load_topology`)."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"{value!r} is not a valid topology name ([A-Za-z0-9._-])")
+        return value
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, value: list[str]) -> list[str]:
+        dupes = sorted({f for f in value if value.count(f) > 1})
+        if dupes:
+            raise ValueError(f"duplicate feature(s): {', '.join(dupes)}")
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, value: list[VariantSpec]) -> list[VariantSpec]:
+        names = [v.name for v in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate variant name(s): {', '.join(dupes)}")
+        served = [v for v in value if not v.shadow]
+        if not served:
+            raise ValueError("needs at least one variant that is not a shadow")
+        if sum(v.weight for v in served) <= 0 and len(served) > 1:
+            raise ValueError("served variants need weights with a positive sum")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Topology:
+        topics = {
+            "input.topic": self.input.topic,
+            "output.topic": self.output.topic,
+            "lake.topic": self.lake.topic,
+            "dead_letter.topic": self.dead_letter.topic,
+        }
+        seen: dict[str, str] = {}
+        for key, topic in topics.items():
+            if topic in seen:
+                raise ValueError(f"{key} {topic!r} is the same topic as {seen[topic]}")
+            seen[topic] = key
+        if self.routing.strategy == "bandit" and self.bandit is None:
+            raise ValueError("routing.strategy bandit needs a bandit section")
+        return self
+
+    @property
+    def group_id(self) -> str:
+        """Consumer group of this topology's agents."""
+        return f"{self.name}.agent"
+
+    @property
+    def served(self) -> list[VariantSpec]:
+        return [v for v in self.variants if not v.shadow]
+
+    @property
+    def shadows(self) -> list[VariantSpec]:
+        return [v for v in self.variants if v.shadow]
+
+    def served_weights(self) -> dict[str, float]:
+        """Configured weights of the served variants, normalised to sum to 1."""
+        served = self.served
+        total = sum(v.weight for v in served)
+        if total <= 0:  # a single served variant may leave its weight out
+            return {served[0].name: 1.0}
+        return {v.name: v.weight / total for v in served}
+
+    def all_topics(self) -> list[str]:
+        """Every topic this topology reads or writes."""
+        topics = [self.input.topic, self.output.topic, self.lake.topic, self.dead_letter.topic]
+        if self.routing.control_topic:
+            topics.append(self.routing.control_topic)
+        if self.bandit is not None:
+            topics.append(self.bandit.feedback_topic)
+        return topics
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Read, validate and resolve a topology file; raise ConfigErrors naming file and key."""
+    file = Path(path)
+    shown = str(path)
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except FileNotFoundError:
+        raise ConfigErrors([ConfigError(shown, "", "file not found")]) from None
+    except OSError as exc:
+        raise ConfigErrors([ConfigError(shown, "", f"cannot read: {exc.strerror}")]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigErrors([ConfigError(shown, "", f"{where}{problem}")]) from None
+    if not isinstance(raw, dict):
+        raise ConfigErrors([ConfigError(shown, "", "must be a YAML mapping of topology keys")])
+    raw.setdefault("kafka", {})
+    if isinstance(raw["kafka"], dict) and os.environ.get(BOOTSTRAP_ENV):
+        raw["kafka"] = {**raw["kafka"], "bootstrap_servers": os.environ[BOOTSTRAP_ENV]}
+    try:
+        topology = Topology.model_validate(raw, context={"base_dir": file.parent.resolve()})
+    except ValidationError as exc:
+        raise ConfigErrors([_config_error(shown, e) for e in exc.errors()]) from None
+    return topology.model_copy(update={"source": file})
+
+
+def _config_error(file: str, error: Any) -> ConfigError:
+    key = ""
+    for part in error["loc"]:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        else:
+            key += f".{part}" if key else str(part)
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    return ConfigError(file, key, message)

@@ -1,0 +1,61 @@
+"""Topic administration for a topology (`streamer topics create`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import NewTopic
+
+from streamer.config import Topology
+from streamer.errors import StreamerError
+from streamer.kafka.clients import wait_for_cluster
+
+ADMIN_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class TopicResult:
+    topic: str
+    created: bool
+    """False when the topic already existed (creation is idempotent)."""
+    partitions: int
+
+
+def create_topics(
+    topology: Topology,
+    partitions: int | None = None,
+    replication_factor: int | None = None,
+    timeout_s: float = ADMIN_TIMEOUT_S,
+) -> list[TopicResult]:
+    """Create every topic the topology uses; existing ones are left as they are."""
+    admin = wait_for_cluster(topology.kafka, timeout_s)
+    n = partitions or topology.topics.partitions
+    rf = replication_factor or topology.topics.replication_factor
+    new = []
+    for topic in topology.all_topics():
+        config = {}
+        count = n
+        if topic == topology.routing.control_topic:
+            # Latest weights per topology key is all anyone needs; one partition keeps order.
+            config = {"cleanup.policy": "compact"}
+            count = 1
+        new.append(NewTopic(topic, num_partitions=count, replication_factor=rf, config=config))
+    futures = admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)
+    results = []
+    for spec in new:
+        created = True
+        try:
+            futures[spec.topic].result()
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not isinstance(err, KafkaError) or err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise StreamerError(f"cannot create topic {spec.topic}: {err}") from None
+            created = False
+        results.append(TopicResult(spec.topic, created, _partitions(admin, spec.topic)))
+    return results
+
+
+def _partitions(admin: object, topic: str) -> int:
+    metadata = admin.list_topics(topic=topic, timeout=ADMIN_TIMEOUT_S)  # type: ignore[attr-defined]
+    return len(metadata.topics[topic].partitions)

@@ -1,0 +1,101 @@
+"""Thin confluent-kafka constructors: every client gets the topology's cluster settings,
+librdkafka logs routed to Python logging, and errors reported through one callback."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
+
+from streamer.config import KafkaSettings
+from streamer.errors import KafkaUnavailable
+
+log = logging.getLogger("streamer.kafka")
+_librdkafka_log = logging.getLogger("streamer.kafka.librdkafka")
+
+Settings = Mapping[str, str | int | float | bool]
+
+
+def _error_cb(err: KafkaError) -> None:
+    if err.fatal():
+        log.error("fatal Kafka error: %s", err)
+    else:
+        log.warning("Kafka: %s", err)
+
+
+def _base(kafka: KafkaSettings, overrides: Settings) -> dict[str, Any]:
+    # User settings win over our defaults: they know their cluster (security, tuning).
+    return {"error_cb": _error_cb, "logger": _librdkafka_log, **overrides,
+            **kafka.client_config()}
+
+
+def make_consumer(kafka: KafkaSettings, group_id: str, overrides: Settings) -> Consumer:
+    """A consumer in `group_id`; offsets are stored and committed only by the caller."""
+    config = _base(kafka, {
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        **overrides,
+    })
+    config["group.id"] = group_id
+    return Consumer(config)
+
+
+def make_producer(kafka: KafkaSettings, overrides: Settings) -> Producer:
+    """An idempotent producer (acks=all): retries never duplicate or reorder records."""
+    return Producer(_base(kafka, {
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        **overrides,
+    }))
+
+
+def make_admin(kafka: KafkaSettings) -> AdminClient:
+    return AdminClient(_base(kafka, {}))
+
+
+def wait_for_cluster(kafka: KafkaSettings, timeout_s: float) -> AdminClient:
+    """An admin client once the cluster answers a metadata request; else KafkaUnavailable."""
+    admin = make_admin(kafka)
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException:
+        metadata = None
+    if metadata is None or not metadata.brokers:
+        raise KafkaUnavailable(
+            f"cannot reach Kafka at {kafka.bootstrap_servers} within {timeout_s:.0f}s "
+            "(check kafka.bootstrap_servers or $STREAMER_BOOTSTRAP_SERVERS)"
+        )
+    return admin
+
+
+def missing_topics(admin: AdminClient, topics: Sequence[str], timeout_s: float) -> list[str]:
+    """Which of `topics` the cluster does not have."""
+    existing = admin.list_topics(timeout=timeout_s).topics
+    return [t for t in topics if t not in existing]
+
+
+class KafkaBatchSource:
+    """`BatchSource` over a subscribed consumer: librdkafka waits for size or time itself."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+
+    def fetch(self, max_items: int, timeout_s: float) -> list[Message]:
+        messages = self.consumer.consume(num_messages=max_items, timeout=timeout_s)
+        good = []
+        for msg in messages:
+            err = msg.error()
+            if err is None:
+                good.append(msg)
+            elif err.fatal():
+                raise KafkaException(err)
+            else:
+                log.warning("consumer: %s", err)
+        return good

@@ -1,0 +1,101 @@
+"""Prometheus metrics (DESIGN.md names) and the /metrics, /healthz, /readyz server."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """One agent's metrics, in a registry of its own so several agents can share a process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_consumed = Counter(
+            "streamer_events_consumed", "Input events consumed.", registry=r)
+        self.predictions = Counter(
+            "streamer_predictions", "Predictions made, per variant; shadow=true were not served.",
+            ["variant", "shadow"], registry=r)
+        self.dead_letters = Counter(
+            "streamer_dead_letters", "Events sent to the dead-letter topic, by reason.",
+            ["reason"], registry=r)
+        self.batch_size = Histogram(
+            "streamer_batch_size", "Events per micro-batch.", buckets=BATCH_SIZE_BUCKETS,
+            registry=r)
+        self.inference_seconds = Histogram(
+            "streamer_inference_seconds", "Wall time of one ONNX call for a batch, per variant.",
+            ["variant"], buckets=LATENCY_BUCKETS, registry=r)
+        self.end_to_end_seconds = Histogram(
+            "streamer_end_to_end_seconds", "Event timestamp to output produce.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.variant_weight = Gauge(
+            "streamer_variant_weight", "Share of served traffic routed to a variant.",
+            ["variant"], registry=r)
+        self.consumer_lag = Gauge(
+            "streamer_consumer_lag", "Messages behind the partition's high watermark.",
+            ["partition"], registry=r)
+        self.model_info = Gauge(
+            "streamer_model_info", "The model a variant serves (value is always 1).",
+            ["variant", "version", "sha256"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """Serves /metrics, /healthz (the loop is alive) and /readyz (partitions assigned)."""
+
+    def __init__(self, metrics: Metrics, port: int, healthy: Callable[[], bool],
+                 ready: Callable[[], bool]) -> None:
+        handler = _handler(metrics, healthy, ready)
+        self._server = ThreadingHTTPServer(("0.0.0.0", port), handler)  # noqa: S104 - scraped from outside
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
+                                        daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(metrics: Metrics, healthy: Callable[[], bool],
+             ready: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
+            elif path in ("/healthz", "/readyz"):
+                good = healthy() if path == "/healthz" else ready()
+                self._send(200 if good else 503, b"ok\n" if good else b"not ready\n")
+            else:
+                self._send(404, b"not found\n")
+
+        def _send(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+            pass  # scrapes every few seconds would flood the agent's log
+
+    return Handler

@@ -1,0 +1,104 @@
+"""ONNX models: load and check them against the topology, then score float32 batches."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from streamer.errors import StreamerError
+
+
+class ModelError(StreamerError):
+    """A model file that cannot serve this topology; the message is one line."""
+
+
+def session_options() -> ort.SessionOptions:
+    """One intra-op thread, no spinning: the agent, the broker and peers share two cores,
+    and parallelism comes from more agent processes, not more threads per call."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+@dataclass(frozen=True)
+class Model:
+    """A loaded ONNX model whose single input takes (batch, n_features) float32."""
+
+    path: Path
+    version: str
+    sha256: str
+    session: ort.InferenceSession
+    input_name: str
+    output_names: tuple[str, ...]
+
+    def predict(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """One vectorised call for the whole batch; outputs keyed by ONNX output name."""
+        values = self.session.run(list(self.output_names), {self.input_name: features})
+        return {name: np.asarray(v) for name, v in zip(self.output_names, values, strict=True)}
+
+
+def load_model(
+    path: Path, n_features: int, outputs: Sequence[str] | None = None, version: str | None = None
+) -> Model:
+    """Load a model and check it takes `n_features` float32 columns and has `outputs`."""
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"{path}: model file not found") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read model: {exc.strerror}") from None
+    try:
+        session = ort.InferenceSession(blob, sess_options=session_options(),
+                                       providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own hierarchy for invalid graphs
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: not a loadable ONNX model: {first[:200]}") from None
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs)
+        raise ModelError(f"{path}: needs exactly one input, has {len(inputs)} ({names})")
+    spec = inputs[0]
+    if spec.type != "tensor(float)":
+        raise ModelError(f"{path}: input {spec.name!r} is {spec.type}, expected tensor(float)")
+    shape = list(spec.shape)
+    if len(shape) != 2:
+        raise ModelError(f"{path}: input {spec.name!r} has rank {len(shape)}, expected 2 "
+                         "(batch, features)")
+    width = shape[1]
+    if isinstance(width, int) and width != n_features:
+        raise ModelError(
+            f"{path}: input {spec.name!r} takes {width} features, the topology lists {n_features}"
+        )
+    available = tuple(o.name for o in session.get_outputs())
+    if outputs is not None:
+        missing = [o for o in outputs if o not in available]
+        if missing:
+            raise ModelError(f"{path}: no output named {', '.join(map(repr, missing))} "
+                             f"(has {', '.join(available)})")
+    model = Model(
+        path=path,
+        version=version or path.stem,
+        sha256=hashlib.sha256(blob).hexdigest(),
+        session=session,
+        input_name=spec.name,
+        output_names=tuple(outputs) if outputs is not None else available,
+    )
+    if not isinstance(width, int):
+        # A dynamic width is only checked by running it once.
+        try:
+            model.predict(np.zeros((1, n_features), dtype=np.float32))
+        except Exception as exc:
+            raise ModelError(f"{path}: fails on a (1, {n_features}) float32 input: "
+                             f"{str(exc).splitlines()[0][:200]}") from None
+    return model

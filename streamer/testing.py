@@ -1,0 +1,157 @@
+"""Helpers for testing topologies against a real broker (used by streamer's own tests too)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from streamer.agent import Agent, AgentStats
+from streamer.config import Topology
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Record:
+    """A consumed record, detached from librdkafka."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+def produce(bootstrap: str, topic: str,
+            items: Iterable[tuple[bytes | None, bytes | None]],
+            partition: int | None = None) -> int:
+    """Produce (key, value) pairs and wait until all are acknowledged; returns the count."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+                         "enable.idempotence": True})
+    errors: list[str] = []
+
+    def on_delivery(err: object, _msg: object) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    n = 0
+    for key, value in items:
+        while True:
+            try:
+                if partition is None:
+                    producer.produce(topic, value, key, on_delivery=on_delivery)
+                else:
+                    producer.produce(topic, value, key, partition=partition,
+                                     on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        n += 1
+    if producer.flush(60) or errors:
+        raise RuntimeError(f"produce to {topic} failed: {errors[:3]}")
+    return n
+
+
+def consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0,
+            idle_s: float = 1.0) -> list[Record]:
+    """Read `topic` from the start until `expected` records arrived (then `idle_s` more, to
+    catch extras) or the timeout passed. Uses a fresh group and read_committed."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"streamer-test-{uuid.uuid4().hex}",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+    })
+    consumer.subscribe([topic])
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout_s
+    settled_at: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(500, 0.2):
+                if msg.error():
+                    raise KafkaException(msg.error())
+                records.append(Record(msg.key(), msg.value(), dict(msg.headers() or []),
+                                      msg.partition(), msg.offset(), msg.timestamp()[1]))
+            if len(records) >= expected:
+                settled_at = settled_at or time.monotonic()
+                if time.monotonic() - settled_at >= idle_s:
+                    break
+    finally:
+        consumer.close()
+    return records
+
+
+def committed_offsets(bootstrap: str, group_id: str, topic: str,
+                      partitions: int) -> dict[int, int]:
+    """The group's committed offset per partition (-1001 where none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
+    try:
+        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], 30)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in tps}
+
+
+class RunningAgent:
+    """Runs an Agent in a background thread: `with RunningAgent(topology) as agent: ...`."""
+
+    def __init__(self, topology: Topology, **agent_kwargs: object) -> None:
+        self.agent = Agent(topology, **agent_kwargs)  # type: ignore[arg-type]
+        self.stats: AgentStats | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="agent", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.stats = self.agent.run()
+        except BaseException as exc:  # surfaced to the test by stop()
+            self.error = exc
+
+    def __enter__(self) -> RunningAgent:
+        self._thread.start()
+        return self
+
+    def wait_until(self, served_or_dead: int, timeout_s: float = 60.0) -> None:
+        """Block until the agent has disposed of that many events (served + dead letters)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.error is None:
+            s = self.agent.stats
+            if s.served + s.dead_letters >= served_or_dead:
+                return
+            time.sleep(0.05)
+        if self.error is not None:
+            raise self.error
+        raise TimeoutError(f"agent disposed of {self.agent.stats.served} + "
+                           f"{self.agent.stats.dead_letters} of {served_or_dead} events")
+
+    def stop(self) -> AgentStats:
+        self.agent.stop()
+        self._thread.join(120)
+        if self.error is not None:
+            raise self.error
+        assert self.stats is not None, "agent thread did not finish"
+        return self.stats
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._thread.is_alive():
+            self.agent.stop()
+            self._thread.join(120)
+
+
+def unique(prefix: str) -> str:
+    """A topic or topology name no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def header_values(records: Sequence[Record], name: str) -> list[str]:
+    return [r.headers.get(name, b"").decode() for r in records]

@@ -1,0 +1,93 @@
+"""`streamer validate`: every problem in a topology, its schemas and its models, one line each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from streamer.codecs.avro import load_schema, record_fields
+from streamer.config import Topology, load_topology
+from streamer.errors import ConfigError, ConfigErrors
+from streamer.models import Model, ModelError, load_model
+
+NUMERIC_AVRO = {"int", "long", "float", "double"}
+OUTPUT_FIELDS = ("id", "variant", "model_version", "ts_event", "ts_predicted")
+LAKE_FIELDS = (*OUTPUT_FIELDS, "shadow", "features", "latency_ms", "topology", "propensity")
+
+
+def validate(path: str | Path) -> tuple[Topology | None, list[ConfigError]]:
+    """Load the topology and check schemas and models against it; never raises for user errors."""
+    try:
+        topology = load_topology(path)
+    except ConfigErrors as exc:
+        return None, exc.errors
+    shown = str(path)
+    problems: list[ConfigError] = []
+    models: dict[str, Model] = {}
+    for i, variant in enumerate(topology.variants):
+        try:
+            models[variant.name] = load_model(
+                variant.model, len(topology.features), topology.outputs, variant.version
+            )
+        except ModelError as exc:
+            problems.append(ConfigError(shown, f"variants[{i}].model", str(exc)))
+    problems += _check_outputs_agree(shown, models)
+    if topology.input.format == "avro":
+        problems += _check_input_schema(shown, topology)
+    outputs = next(iter(models.values())).output_names if models else ()
+    for key, sink, required in (("output", topology.output, OUTPUT_FIELDS),
+                                ("lake", topology.lake, LAKE_FIELDS)):
+        if sink.format == "avro" and sink.schema_ is not None:
+            problems += _check_sink_schema(shown, key, sink.schema_, (*required, *outputs))
+    return topology, problems
+
+
+def _check_outputs_agree(shown: str, models: dict[str, Model]) -> list[ConfigError]:
+    names = {name: m.output_names for name, m in models.items()}
+    if len(set(names.values())) <= 1:
+        return []
+    detail = "; ".join(f"{n}: {', '.join(o)}" for n, o in names.items())
+    return [ConfigError(shown, "variants", "variants must have the same outputs (or list the "
+                        f"common ones under `outputs:`): {detail}")]
+
+
+def _check_input_schema(shown: str, topology: Topology) -> list[ConfigError]:
+    assert topology.input.schema_ is not None
+    try:
+        fields = record_fields(load_schema(topology.input.schema_))
+    except ValueError as exc:
+        return [ConfigError(shown, "input.schema", str(exc))]
+    if not fields:
+        return [ConfigError(shown, "input.schema", "must be an Avro record schema")]
+    problems = []
+    for i, name in enumerate(topology.features):
+        if name not in fields:
+            problems.append(ConfigError(shown, f"features[{i}]",
+                                        f"{name!r} is not a field of {topology.input.schema_}"))
+        elif not _numeric(fields[name]):
+            problems.append(ConfigError(shown, f"features[{i}]",
+                                        f"{name!r} has Avro type {fields[name]}, not a number"))
+    return problems
+
+
+def _check_sink_schema(shown: str, key: str, path: Path,
+                       required: tuple[str, ...]) -> list[ConfigError]:
+    try:
+        fields = record_fields(load_schema(path))
+    except ValueError as exc:
+        return [ConfigError(shown, f"{key}.schema", str(exc))]
+    missing = [f for f in required if f not in fields]
+    if not fields or missing:
+        return [ConfigError(shown, f"{key}.schema",
+                            f"{path.name} lacks field(s) {', '.join(missing) or 'all'}")]
+    return []
+
+
+def _numeric(avro_type: Any) -> bool:
+    if isinstance(avro_type, str):
+        return avro_type in NUMERIC_AVRO
+    if isinstance(avro_type, list):  # a union of numbers (no null: a feature must be present)
+        return all(_numeric(t) for t in avro_type)
+    if isinstance(avro_type, dict):
+        return _numeric(avro_type.get("type"))
+    return False

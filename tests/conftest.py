@@ -1,0 +1,78 @@
+"""Shared fixtures: one real Kafka broker per test session, the demo models, topologies."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streamer.config import Topology, load_topology
+from streamer.kafka.admin import create_topics
+from streamer.kafka.local import LocalKafka, start, stop
+from streamer.testing import unique
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMAS = ROOT / "schemas"
+TEST_PORT = int(os.environ.get("STREAMER_TEST_KAFKA_PORT", "19092"))
+
+TopologyFactory = Callable[..., Topology]
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of a real single-node broker started for this test session."""
+    broker = LocalKafka(port=TEST_PORT, data_dir=tmp_path_factory.mktemp("kafka"))
+    result = start(broker)
+    try:
+        yield result.bootstrap
+    finally:
+        stop(broker)
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The three demo models, trained once per session on a small data set."""
+    from streamer.demo.train import ensure_models
+
+    return ensure_models(tmp_path_factory.mktemp("models"), n_train=8000)
+
+
+@pytest.fixture
+def make_topology(kafka: str, demo_models: dict[str, Path], tmp_path: Path) -> TopologyFactory:
+    """Write a topology file with unique topics (created on the broker) and load it.
+
+    Keyword arguments replace top-level keys of the default (Avro in, JSON out, one variant
+    fraud_v2, small batches, no metrics server); a callable value is called with the
+    topology's unique name, which prefixes its topics.
+    """
+
+    def factory(partitions: int = 3, create: bool = True, **overrides: Any) -> Topology:
+        name = unique("t")
+        spec: dict[str, Any] = {
+            "name": name,
+            "kafka": {"bootstrap_servers": kafka},
+            "input": {"topic": f"{name}-in", "format": "avro",
+                      "schema": str(SCHEMAS / "transaction.avsc")},
+            "features": ["amount", "age_days", "hour", "merchant_risk"],
+            "batching": {"max_batch_size": 256, "max_wait_ms": 20},
+            "variants": [{"name": "champion", "model": str(demo_models["fraud_v2"]),
+                          "weight": 1.0}],
+            "output": {"topic": f"{name}-out", "format": "json"},
+            "lake": {"topic": f"{name}-lake", "format": "json"},
+            "dead_letter": {"topic": f"{name}-dlq"},
+            "metrics": {"port": None},
+            "topics": {"partitions": partitions},
+        }
+        spec.update({k: v(name) if callable(v) else v for k, v in overrides.items()})
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        topology = load_topology(path)
+        if create:
+            create_topics(topology)
+        return topology
+
+    return factory

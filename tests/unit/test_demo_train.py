@@ -1,0 +1,122 @@
+"""Tests for demo model training and ONNX export (small training sets to stay fast)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from streamer.demo.data import FEATURES, feature_matrix, generate_dataset, generate_transactions
+from streamer.demo.train import (
+    DEMO_MODELS,
+    build_model,
+    ensure_models,
+    model_metadata,
+    train_models,
+)
+
+N_TRAIN = 4_000
+SEED = 7
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return train_models(tmp_path_factory.mktemp("models"), n_train=N_TRAIN, seed=SEED)
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_writes_one_small_file_per_model(trained: dict[str, Path]) -> None:
+    assert list(trained) == ["fraud_v1", "fraud_v2", "fraud_v3"] == list(DEMO_MODELS)
+    for stem, path in trained.items():
+        assert path.name == f"{stem}.onnx"
+        assert 0 < path.stat().st_size < 2 * 1024 * 1024
+        assert path.stat().st_mode & 0o444 == 0o444  # readable by the serving processes
+    out_dir = trained["fraud_v1"].parent
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(f"{s}.onnx" for s in DEMO_MODELS)
+
+
+def test_onnx_signature(trained: dict[str, Path]) -> None:
+    for path in trained.values():
+        session = _session(path)
+        (inp,) = session.get_inputs()
+        assert (inp.name, inp.type) == ("features", "tensor(float)")
+        assert inp.shape[1:] == [len(FEATURES)]
+        outputs = {o.name: o.type for o in session.get_outputs()}
+        assert outputs == {"label": "tensor(int64)", "probabilities": "tensor(float)"}
+
+        x = feature_matrix(generate_transactions(64, seed=99))
+        label, probabilities = session.run(["label", "probabilities"], {"features": x})
+        assert label.shape == (64,)
+        assert label.dtype == np.int64
+        assert probabilities.shape == (64, 2)
+        assert probabilities.dtype == np.float32
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+        assert np.array_equal(label, probabilities.argmax(axis=1))
+
+
+def test_onnx_matches_sklearn(trained: dict[str, Path]) -> None:
+    # Same data and seed as train_models, so the refit estimator is the exported one.
+    events, labels = generate_dataset(N_TRAIN, seed=SEED)
+    x = feature_matrix(events)
+    sample = feature_matrix(generate_transactions(1_000, seed=123))
+    for stem, path in trained.items():
+        model = build_model(stem, seed=SEED).fit(x, labels.astype(np.int64))
+        (probabilities,) = _session(path).run(["probabilities"], {"features": sample})
+        np.testing.assert_allclose(probabilities, model.predict_proba(sample), atol=1e-5)
+
+
+def test_metadata_and_tree_models_beat_linear(trained: dict[str, Path]) -> None:
+    aucs = {}
+    for stem, path in trained.items():
+        meta = model_metadata(path)
+        assert meta["description"] == DEMO_MODELS[stem]
+        assert meta["features"] == ",".join(FEATURES)
+        assert meta["n_train"] == str(N_TRAIN)
+        aucs[stem] = float(meta["holdout_auc"])
+    assert 0.6 < aucs["fraud_v1"] < 0.9
+    assert aucs["fraud_v2"] > aucs["fraud_v1"] + 0.05
+    assert aucs["fraud_v3"] > aucs["fraud_v1"] + 0.05
+
+
+def test_ensure_models_trains_only_missing(trained: dict[str, Path], tmp_path: Path) -> None:
+    for path in trained.values():
+        shutil.copy2(path, tmp_path / path.name)
+    (tmp_path / "fraud_v2.onnx").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+
+    paths = ensure_models(tmp_path, n_train=N_TRAIN, seed=SEED)
+
+    assert paths == {stem: tmp_path / f"{stem}.onnx" for stem in DEMO_MODELS}
+    assert all(p.is_file() for p in paths.values())
+    after = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    assert after.pop("fraud_v2.onnx")
+    assert after == before
+    # Second call finds everything present and touches nothing.
+    ensure_models(tmp_path, n_train=N_TRAIN, seed=SEED)
+    assert {
+        p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.name != "fraud_v2.onnx"
+    } == before
+
+
+def test_ensure_models_skips_training_when_all_present(
+    trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for path in trained.values():
+        shutil.copy2(path, tmp_path / path.name)
+    monkeypatch.setattr("streamer.demo.train.generate_dataset", _fail)
+    assert set(ensure_models(tmp_path)) == set(DEMO_MODELS)
+
+
+def _fail(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("ensure_models retrained a model that already exists")
+
+
+def test_unknown_model_is_rejected() -> None:
+    with pytest.raises(KeyError, match="fraud_v9"):
+        build_model("fraud_v9")
