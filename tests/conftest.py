@@ -23,14 +23,20 @@ TopologyFactory = Callable[..., Topology]
 
 
 @pytest.fixture(scope="session")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Bootstrap address of a real single-node broker started for this test session."""
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """A real single-node broker started for this test session by `streamer kafka`'s code."""
     broker = LocalKafka(port=TEST_PORT, data_dir=tmp_path_factory.mktemp("kafka"))
-    result = start(broker)
+    start(broker)
     try:
-        yield result.bootstrap
+        yield broker
     finally:
         stop(broker)
+
+
+@pytest.fixture(scope="session")
+def kafka(kafka_broker: LocalKafka) -> str:
+    """Bootstrap address of the session's broker."""
+    return kafka_broker.bootstrap
 
 
 @pytest.fixture(scope="session")

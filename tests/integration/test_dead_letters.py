@@ -1,0 +1,93 @@
+"""Garbage in the stream: every input offset ends as exactly one output or one dead letter."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+from typing import Any
+
+import fastavro
+import pytest
+
+from streamer.codecs.avro import load_schema
+from streamer.demo.data import generate_transactions
+from streamer.sinks import DETAIL_HEADER, ERROR_HEADER
+from streamer.testing import RunningAgent, consume, produce
+from tests.conftest import SCHEMAS, TopologyFactory
+
+pytestmark = pytest.mark.integration
+
+N = 5000
+
+
+def _avro(record: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, load_schema(SCHEMAS / "transaction.avsc"), record)
+    return buf.getvalue()
+
+
+def _garbage(kind: int, event: dict[str, Any]) -> tuple[bytes | None, str]:
+    """A bad value of one of several kinds, and the dead-letter reason it must get."""
+    if kind == 0:
+        return random.Random(len(str(event))).randbytes(3), "undecodable"
+    if kind == 1:
+        return None, "empty_value"
+    if kind == 2:
+        return _avro(event)[:-3], "undecodable"  # truncated
+    if kind == 3:
+        return _avro({**event, "amount": math.nan}), "non_finite"
+    if kind == 4:
+        return _avro({**event, "merchant_risk": math.inf}), "non_finite"
+    return json.dumps(event).encode(), "undecodable"  # JSON where Avro is expected
+
+
+def test_every_offset_ends_as_one_output_or_one_dead_letter(
+    make_topology: TopologyFactory, kafka: str
+) -> None:
+    topology = make_topology()
+    events = generate_transactions(N, seed=21)
+    rng = random.Random(5)
+    bad_at = sorted(rng.sample(range(N), N // 100))
+    expected_reason: dict[bytes, str] = {}
+    messages: list[tuple[bytes | None, bytes | None]] = []
+    for i, event in enumerate(events):
+        key = f"k-{i}".encode()
+        if i in bad_at:
+            value, reason = _garbage(len(expected_reason) % 6, event)
+            expected_reason[key] = reason
+        else:
+            value = _avro(event)
+        messages.append((key, value))
+    produce(kafka, topology.input.topic, messages)
+
+    with RunningAgent(topology) as running:
+        running.wait_until(N)
+        stats = running.stop()
+    assert stats.consumed == N
+    assert stats.dead_letters == len(bad_at)
+
+    inputs = {r.key: (r.partition, r.offset) for r in consume(kafka, topology.input.topic, N)}
+    outputs = consume(kafka, topology.output.topic, N - len(bad_at))
+    dead = consume(kafka, topology.dead_letter.topic, len(bad_at))
+    served_keys = [r.key for r in outputs]
+    dead_keys = [r.key for r in dead]
+    assert len(served_keys) == len(set(served_keys)) == N - len(bad_at)
+    assert len(dead_keys) == len(set(dead_keys)) == len(bad_at)
+    assert set(served_keys).isdisjoint(dead_keys)
+    assert set(served_keys) | set(dead_keys) == set(inputs)
+
+    originals = dict(messages)
+    for record in dead:
+        assert record.key is not None
+        partition, offset = inputs[record.key]
+        assert record.value == originals[record.key]  # untouched bytes
+        assert record.headers[ERROR_HEADER].decode() == expected_reason[record.key]
+        assert record.headers[DETAIL_HEADER]
+        assert record.headers["streamer.topic"].decode() == topology.input.topic
+        assert int(record.headers["streamer.partition"]) == partition
+        assert int(record.headers["streamer.offset"]) == offset
+    assert {k: v for k, v in stats.dead_letter_reasons.items()} == {
+        r: list(expected_reason.values()).count(r) for r in set(expected_reason.values())
+    }
