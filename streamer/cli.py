@@ -38,6 +38,23 @@ def _setup_logging(level: str) -> None:
 
 
 @app.command()
+def demo(
+    topology: Annotated[Path, typer.Option(help="Demo topology.")] = Path("topologies/fraud.yaml"),
+    events: Annotated[int, typer.Option(min=1, help="Events to stream.")] = 30_000,
+    rate: Annotated[float, typer.Option(min=1.0, help="Events per second offered.")] = 5_000.0,
+) -> None:
+    """The main job: local Kafka, demo models, events, engine, a live view and a summary."""
+    from streamer.demo.runner import format_summary, run_demo
+
+    _setup_logging("warning")
+    try:
+        summary = run_demo(topology, events, rate, typer.echo)
+    except StreamerError as exc:
+        _fail(str(exc))
+    typer.echo(format_summary(summary))
+
+
+@app.command()
 def validate(topology: TopologyArg) -> None:
     """Load config, schemas and models; check shapes and names; exit 1 listing each problem."""
     from streamer.validate import validate as check

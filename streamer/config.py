@@ -31,6 +31,8 @@ BOOTSTRAP_ENV = "STREAMER_BOOTSTRAP_SERVERS"
 
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_ALIASES = {"schema_": "schema"}
+"""Field name -> key in the file, for errors on defaults (pydantic reports the field name)."""
 _SECRET_KEYS = ("password", "secret", "token", "key.pem", "credentials")
 
 
@@ -50,6 +52,13 @@ def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
         return None
     base = (info.context or {}).get("base_dir")
     return (Path(base) / value).resolve() if base and not value.is_absolute() else value
+
+
+def _avro_needs_schema(value: Path | None, info: ValidationInfo) -> Path | None:
+    """`format: avro` needs a schema; reported under the `schema` key itself."""
+    if value is None and info.data.get("format") == "avro":
+        raise ValueError("format avro needs a schema (path to an .avsc file)")
+    return value
 
 
 class KafkaSettings(_Model):
@@ -77,17 +86,12 @@ class InputSpec(_Model):
 
     topic: str
     format: Literal["avro", "json"] = "json"
-    schema_: Path | None = Field(default=None, alias="schema")
+    schema_: Path | None = Field(default=None, alias="schema", validate_default=True)
     """Avro schema (.avsc) of the event value; required for `format: avro`."""
 
     _check_topic = field_validator("topic")(_topic)
     _paths = field_validator("schema_")(_resolve)
-
-    @model_validator(mode="after")
-    def _avro_needs_schema(self) -> InputSpec:
-        if self.format == "avro" and self.schema_ is None:
-            raise ValueError("format avro needs a schema (path to an .avsc file)")
-        return self
+    _schema_for_avro = field_validator("schema_")(_avro_needs_schema)
 
 
 class SinkSpec(_Model):
@@ -95,17 +99,12 @@ class SinkSpec(_Model):
 
     topic: str
     format: Literal["avro", "json"] = "json"
-    schema_: Path | None = Field(default=None, alias="schema")
+    schema_: Path | None = Field(default=None, alias="schema", validate_default=True)
     """Avro schema of the records written; required for `format: avro`."""
 
     _check_topic = field_validator("topic")(_topic)
     _paths = field_validator("schema_")(_resolve)
-
-    @model_validator(mode="after")
-    def _avro_needs_schema(self) -> SinkSpec:
-        if self.format == "avro" and self.schema_ is None:
-            raise ValueError("format avro needs a schema (path to an .avsc file)")
-        return self
+    _schema_for_avro = field_validator("schema_")(_avro_needs_schema)
 
 
 class DeadLetterSpec(_Model):
@@ -130,7 +129,7 @@ class VariantSpec(_Model):
 
     name: str
     model: Path
-    weight: float = Field(default=0.0, ge=0.0)
+    weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     """Relative share of served traffic (normalised over non-shadow variants)."""
     shadow: bool = False
     """Scored and written to the lake for every event, never served."""
@@ -320,7 +319,8 @@ def _config_error(file: str, error: Any) -> ConfigError:
         if isinstance(part, int):
             key += f"[{part}]"
         else:
-            key += f".{part}" if key else str(part)
+            name = _ALIASES.get(str(part), str(part))
+            key += f".{name}" if key else name
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,7 +26,8 @@ class Router:
 
     def __init__(self, weights: Mapping[str, float]) -> None:
         total = sum(weights.values())
-        if not weights or total <= 0 or any(w < 0 for w in weights.values()):
+        finite = all(math.isfinite(w) for w in weights.values())
+        if not weights or not finite or total <= 0 or any(w < 0 for w in weights.values()):
             raise ValueError(f"weights must be non-negative with a positive sum: {dict(weights)}")
         self.names = list(weights)
         self.weights = {name: w / total for name, w in weights.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,29 @@ from streamer.testing import unique
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "schemas"
-TEST_PORT = int(os.environ.get("STREAMER_TEST_KAFKA_PORT", "19092"))
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p+1 (the controller) both free, so tests never collide with a
+    developer's broker or a stale one."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port + 1)) != 0 and port < 65535:
+                return port
+    raise RuntimeError("no free port pair for the test broker")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow soak/chaos tests run only with STREAMER_SLOW=1; CI runs the short suite."""
+    if os.environ.get("STREAMER_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set STREAMER_SLOW=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 TopologyFactory = Callable[..., Topology]
 
@@ -25,7 +48,8 @@ TopologyFactory = Callable[..., Topology]
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """A real single-node broker started for this test session by `streamer kafka`'s code."""
-    broker = LocalKafka(port=TEST_PORT, data_dir=tmp_path_factory.mktemp("kafka"))
+    port = int(os.environ.get("STREAMER_TEST_KAFKA_PORT", "0")) or _free_port_pair()
+    broker = LocalKafka(port=port, data_dir=tmp_path_factory.mktemp("kafka"))
     start(broker)
     try:
         yield broker

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamer.config import Topology
 from streamer.errors import StreamerError
@@ -43,6 +44,7 @@ def create_topics(
         new.append(NewTopic(topic, num_partitions=count, replication_factor=rf, config=config))
     futures = admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)
     results = []
+    _wait_for_leaders(admin, [spec.topic for spec in new], timeout_s)
     for spec in new:
         created = True
         try:
@@ -56,6 +58,22 @@ def create_topics(
     return results
 
 
-def _partitions(admin: object, topic: str) -> int:
-    metadata = admin.list_topics(topic=topic, timeout=ADMIN_TIMEOUT_S)  # type: ignore[attr-defined]
+def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout_s: float) -> None:
+    """New topics answer produce and offset requests only once every partition has a leader."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metadata = admin.list_topics(timeout=timeout_s)
+        pending = [t for t in topics if t not in metadata.topics
+                   or metadata.topics[t].error is not None
+                   or any(p.leader < 0 for p in metadata.topics[t].partitions.values())]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise StreamerError(f"topic(s) {', '.join(pending)} have no leader after "
+                                f"{timeout_s:.0f}s")
+        time.sleep(0.1)
+
+
+def _partitions(admin: AdminClient, topic: str) -> int:
+    metadata = admin.list_topics(topic=topic, timeout=ADMIN_TIMEOUT_S)
     return len(metadata.topics[topic].partitions)
