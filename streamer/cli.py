@@ -74,6 +74,8 @@ def validate(topology: TopologyArg) -> None:
 def run(
     topology: TopologyArg,
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "info",
+    connect_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the "
+                                                   "cluster before exit 1.")] = 30.0,
 ) -> None:
     """Run an agent until SIGTERM/SIGINT; then finish the batch, flush, commit and exit 0."""
     from streamer.agent import Agent
@@ -87,7 +89,7 @@ def run(
         raise typer.Exit(1)
     assert loaded is not None
     try:
-        agent = Agent(loaded)
+        agent = Agent(loaded, connect_timeout_s=connect_timeout)
 
         def _stop(signum: int, _frame: FrameType | None) -> None:
             logging.getLogger("streamer").info("%s: draining", signal.Signals(signum).name)

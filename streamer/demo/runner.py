@@ -20,7 +20,7 @@ from pathlib import Path
 
 import fastavro
 import numpy as np
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streamer.agent import Agent, AgentStats
 from streamer.codecs.avro import load_schema
@@ -164,12 +164,21 @@ def _live_view(stats: AgentStats, events: int, began: float, echo: Callable[[str
 
 
 def _end_offsets(topology: Topology) -> dict[int, int]:
+    """Where this run's outputs will start, per partition of the output topic."""
     consumer = _reader(topology)
+    topic = topology.output.topic
+    deadline = time.monotonic() + 30
     try:
-        meta = consumer.list_topics(topology.output.topic, timeout=30)
-        partitions = meta.topics[topology.output.topic].partitions
-        return {p: consumer.get_watermark_offsets(TopicPartition(topology.output.topic, p),
-                                                  timeout=30)[1] for p in partitions}
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        while True:
+            try:
+                return {p: consumer.get_watermark_offsets(TopicPartition(topic, p),
+                                                          timeout=10)[1] for p in partitions}
+            except KafkaException:
+                # A just-created partition's leader may not serve offsets for a moment yet.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         consumer.close()
 

@@ -1,0 +1,121 @@
+"""The `streamer` command against real brokers: kafka lifecycle, topics, run's exit codes."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from streamer.cli import app
+from streamer.kafka.local import LocalKafka
+from tests.conftest import ROOT, TopologyFactory
+
+pytestmark = pytest.mark.integration
+
+runner = CliRunner()
+
+
+def _streamer(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streamer", *args], capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def _unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_kafka_start_status_stop_lifecycle(tmp_path: Path) -> None:
+    port = _unused_port()
+    common = ["--port", str(port), "--data-dir", str(tmp_path / "broker")]
+    assert _streamer("kafka", "status", *common).returncode == 1
+    started = _streamer("kafka", "start", *common)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert f"127.0.0.1:{port}" in started.stdout
+        again = _streamer("kafka", "start", *common)
+        assert again.returncode == 0 and "already running" in again.stdout
+        assert _streamer("kafka", "status", *common).returncode == 0
+    finally:
+        stopped = _streamer("kafka", "stop", *common)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert _streamer("kafka", "status", *common).returncode == 1
+    assert "not running" in _streamer("kafka", "stop", *common).stdout
+
+
+def test_kafka_start_refuses_a_port_someone_else_holds(kafka_broker: LocalKafka,
+                                                       tmp_path: Path) -> None:
+    result = runner.invoke(app, ["kafka", "start", "--port", str(kafka_broker.port),
+                                 "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "in use by another process" in result.output
+
+
+def test_topics_create_is_idempotent(make_topology: TopologyFactory) -> None:
+    topology = make_topology(create=False)
+    first = runner.invoke(app, ["topics", "create", str(topology.source), "--partitions", "4"])
+    assert first.exit_code == 0, first.output
+    assert f"{topology.input.topic}: created (4 partitions)" in first.output
+    second = runner.invoke(app, ["topics", "create", str(topology.source)])
+    assert second.exit_code == 0, second.output
+    assert f"{topology.input.topic}: exists (4 partitions)" in second.output
+
+
+def test_run_fails_in_one_line_when_topics_are_missing(make_topology: TopologyFactory) -> None:
+    topology = make_topology(create=False)
+    result = _streamer("run", str(topology.source), "--log-level", "error")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: {topology.source}: topic(s) {topology.input.topic}, {topology.output.topic}, "
+        f"{topology.lake.topic}, {topology.dead_letter.topic} do not exist; create them with "
+        f"`streamer topics create {topology.source}`"
+    ]
+
+
+def test_run_fails_in_one_line_when_the_broker_is_unreachable(
+    make_topology: TopologyFactory, tmp_path: Path
+) -> None:
+    topology = make_topology(create=False)
+    assert topology.source is not None
+    spec = yaml.safe_load(topology.source.read_text())
+    spec["kafka"]["bootstrap_servers"] = f"127.0.0.1:{_unused_port()}"
+    path = tmp_path / "unreachable.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = _streamer("run", str(path), "--connect-timeout", "2", "--log-level", "critical")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach Kafka" in lines[0], result.stderr
+
+
+def test_demo_runs_end_to_end(kafka: str, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`streamer demo` on a copy of the repo's demo topology (own topics, no metrics port)."""
+    shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
+    (tmp_path / "topologies").mkdir()
+    spec = yaml.safe_load((ROOT / "topologies" / "fraud.yaml").read_text())
+    suffix = tmp_path.name[-8:].replace("_", "-")
+    for section in ("input", "output", "lake", "dead_letter"):
+        spec[section]["topic"] = f"{spec[section]['topic']}-{suffix}"
+    spec["name"] = f"fraud-{suffix}"
+    spec["metrics"] = {"port": None}
+    topology = tmp_path / "topologies" / "fraud.yaml"
+    topology.write_text(yaml.safe_dump(spec))
+    monkeypatch.setenv("STREAMER_BOOTSTRAP_SERVERS", kafka)
+    result = runner.invoke(app, ["demo", "--topology", str(topology), "--events", "3000",
+                                 "--rate", "3000"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "training demo models" in out  # the copy starts without models
+    assert "events in        3000" in out
+    served = int(out.split("predictions out")[1].split()[0])
+    dead = int(out.split("dead letters")[-1].split()[0])
+    assert served + dead == 3000 and 0 < dead < 100
+    assert "champion" in out and "challenger" in out
+    assert f"shadow scored    {served}" in out
