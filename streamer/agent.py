@@ -33,7 +33,7 @@ from streamer.kafka.clients import (
 from streamer.metrics import Metrics, MetricsServer
 from streamer.models import Model, load_model
 from streamer.routing import Router
-from streamer.sinks import dead_letter_headers, lake_record, output_record
+from streamer.sinks import Headers, dead_letter_headers, lake_record, output_record
 
 log = logging.getLogger("streamer.agent")
 
@@ -120,16 +120,23 @@ class Agent:
                 f"create them with `streamer topics create {t.source}`"
             )
         if t.routing.strategy == "bandit":
-            log.warning("routing.strategy bandit: serving the configured weights; this version "
-                        "does not read %s yet", t.routing.control_topic)
+            log.warning(
+                "routing.strategy bandit: serving the configured weights; this version "
+                "does not read %s yet",
+                t.routing.control_topic,
+            )
         consumer = make_consumer(t.kafka, t.group_id, self._consumer_overrides)
         producer = make_producer(t.kafka, self._producer_overrides)
         server = self._start_metrics_server()
-        consumer.subscribe([t.input.topic], on_assign=self._on_assign,
-                           on_revoke=self._revoker(consumer, producer),
-                           on_lost=self._on_lost)
-        batcher = MicroBatcher(KafkaBatchSource(consumer), t.batching.max_batch_size,
-                               t.batching.max_wait_ms)
+        consumer.subscribe(
+            [t.input.topic],
+            on_assign=self._on_assign,
+            on_revoke=self._revoker(consumer, producer),
+            on_lost=self._on_lost,
+        )
+        batcher = MicroBatcher(
+            KafkaBatchSource(consumer), t.batching.max_batch_size, t.batching.max_wait_ms
+        )
         try:
             while not self._stop.is_set():
                 self._heartbeat = time.monotonic()
@@ -154,7 +161,7 @@ class Agent:
         self.stats.consumed += n
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, n)
-        batch = self._in_flight.open((m.topic(), m.partition(), m.offset()) for m in messages)
+        batch = self._in_flight.open(coordinates(m) for m in messages)
         decoded = decode_batch([m.value() for m in messages], self.decoder, self.topology.features)
         for index, err in decoded.rejected:
             self._dead_letter(producer, batch, messages[index], err.reason, err.detail)
@@ -174,14 +181,29 @@ class Agent:
             self.metrics.inference_seconds.labels(s.variant).observe(s.seconds)
             self.metrics.predictions.labels(s.variant, str(s.shadow).lower()).inc(len(s.rows))
             for j, row in enumerate(s.rows.tolist()):
-                out = output_record(ids[row], s.variant, s.version,
-                                    {k: v[j] for k, v in s.outputs.items()},
-                                    ts_events[row], ts_predicted)
+                out = output_record(
+                    event_id=ids[row],
+                    variant=s.variant,
+                    version=s.version,
+                    outputs={k: v[j] for k, v in s.outputs.items()},
+                    ts_event=ts_events[row],
+                    ts_predicted=ts_predicted,
+                )
                 if not s.shadow:
                     served_output[row] = out
-                lake.append((row, lake_record(out, shadow=s.shadow, features=features[row],
-                                              latency_ms=latency_ms, topology=self.topology.name,
-                                              propensity=s.propensity)))
+                lake.append(
+                    (
+                        row,
+                        lake_record(
+                            out,
+                            shadow=s.shadow,
+                            features=features[row],
+                            latency_ms=latency_ms,
+                            topology=self.topology.name,
+                            propensity=s.propensity,
+                        ),
+                    )
+                )
         unserved: set[int] = set()
         for row in range(len(good)):  # input order, so each partition's outputs stay ordered
             msg = good[row]
@@ -199,8 +221,14 @@ class Agent:
             self.stats.first_output_at = now
         self.stats.last_output_at = now
 
-    def _write_lake(self, producer: Producer, batch: InFlightBatch, good: Sequence[Message],
-                    lake: list[tuple[int, dict[str, Any]]], unserved: set[int]) -> None:
+    def _write_lake(
+        self,
+        producer: Producer,
+        batch: InFlightBatch,
+        good: Sequence[Message],
+        lake: list[tuple[int, dict[str, Any]]],
+        unserved: set[int],
+    ) -> None:
         for row, record in lake:
             if row in unserved and not record["shadow"]:
                 continue
@@ -213,17 +241,32 @@ class Agent:
                 continue
             self._produce(producer, batch, self.topology.lake.topic, good[row].key(), value)
 
-    def _dead_letter(self, producer: Producer, batch: InFlightBatch, msg: Message, reason: str,
-                     detail: str) -> None:
-        headers = dead_letter_headers(reason, detail, msg.topic(), msg.partition(), msg.offset())
-        self._produce(producer, batch, self.topology.dead_letter.topic, msg.key(), msg.value(),
-                      headers)
+    def _dead_letter(
+        self, producer: Producer, batch: InFlightBatch, msg: Message, reason: str, detail: str
+    ) -> None:
+        headers = dead_letter_headers(reason, detail, *coordinates(msg))
+        self._produce(
+            producer,
+            batch,
+            self.topology.dead_letter.topic,
+            msg.key(),
+            msg.value(),
+            headers=headers,
+        )
         self.metrics.dead_letters.labels(reason).inc()
         self.stats.dead_letters += 1
         self.stats.dead_letter_reasons[reason] = self.stats.dead_letter_reasons.get(reason, 0) + 1
 
-    def _produce(self, producer: Producer, batch: InFlightBatch, topic: str, key: bytes | None,
-                 value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> None:
+    def _produce(
+        self,
+        producer: Producer,
+        batch: InFlightBatch,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        headers: Headers | None = None,
+    ) -> None:
         while True:
             try:
                 producer.produce(topic, value, key, headers=headers, on_delivery=batch.on_delivery)
@@ -240,10 +283,13 @@ class Agent:
     def _commit(self, consumer: Consumer, *, asynchronous: bool) -> None:
         self._raise_on_failures()
         offsets = self._in_flight.pop_committable()
-        owned = [TopicPartition(t, p, o) for (t, p), o in offsets.items()
-                 if (t, p) in self._assigned]
-        if owned:
-            consumer.commit(offsets=owned, asynchronous=asynchronous)
+        owned = [
+            TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self._assigned
+        ]
+        if owned and asynchronous:
+            consumer.commit(offsets=owned, asynchronous=True)
+        elif owned:
+            consumer.commit(offsets=owned, asynchronous=False)
 
     def _raise_on_failures(self) -> None:
         failures = self._in_flight.failed()
@@ -257,8 +303,11 @@ class Agent:
         try:
             remaining = producer.flush(DRAIN_TIMEOUT_S)
             if remaining:
-                log.error("%d record(s) unacknowledged after %.0fs; their offsets stay "
-                          "uncommitted", remaining, DRAIN_TIMEOUT_S)
+                log.error(
+                    "%d record(s) unacknowledged after %.0fs; their offsets stay uncommitted",
+                    remaining,
+                    DRAIN_TIMEOUT_S,
+                )
             else:
                 self._commit(consumer, asynchronous=False)
         finally:
@@ -298,6 +347,13 @@ class Agent:
         return time.monotonic() - self._heartbeat < stalled_after
 
 
+def coordinates(msg: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed message (never None once consumed)."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
+
+
 def _event_id(msg: Message, record: Mapping[str, Any]) -> str:
     """The input key as text; else the event's `id` field; else its Kafka coordinates."""
     key = msg.key()
@@ -306,7 +362,7 @@ def _event_id(msg: Message, record: Mapping[str, Any]) -> str:
     rid = record.get("id")
     if isinstance(rid, str | int) and not isinstance(rid, bool) and rid != "":
         return str(rid)
-    return f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
+    return "/".join(map(str, coordinates(msg)))
 
 
 def _event_ts(msg: Message, fallback_s: float) -> int:

@@ -12,10 +12,19 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from streamer.agent import Agent
+from streamer.config import load_topology
 from streamer.errors import StreamerError
+from streamer.kafka.admin import create_topics
+from streamer.kafka.local import LocalKafka, start, status, stop
+from streamer.validate import validate as check
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Streaming ML inference on Apache Kafka.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Streaming ML inference on Apache Kafka.",
+)
 kafka_app = typer.Typer(no_args_is_help=True, help="A local single-node Kafka for development.")
 topics_app = typer.Typer(no_args_is_help=True, help="Manage a topology's topics.")
 app.add_typer(kafka_app, name="kafka")
@@ -23,8 +32,10 @@ app.add_typer(topics_app, name="topics")
 
 TopologyArg = Annotated[Path, typer.Argument(help="Topology YAML file.", show_default=False)]
 PortOpt = Annotated[int, typer.Option(help="Broker port (the controller uses port+1).")]
-DataDirOpt = Annotated[Path | None, typer.Option(help="Broker state directory "
-                                                 "(default: ~/.cache/streamer/kafka/broker-PORT).")]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(help="Broker state directory (default: ~/.cache/streamer/kafka/broker-PORT)."),
+]
 
 
 def _fail(message: str) -> NoReturn:
@@ -33,8 +44,11 @@ def _fail(message: str) -> NoReturn:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 @app.command()
@@ -44,7 +58,8 @@ def demo(
     rate: Annotated[float, typer.Option(min=1.0, help="Events per second offered.")] = 5_000.0,
 ) -> None:
     """The main job: local Kafka, demo models, events, engine, a live view and a summary."""
-    from streamer.demo.runner import format_summary, run_demo
+    # Lazy: the demo needs the optional `demo` extra (scikit-learn, skl2onnx).
+    from streamer.demo.runner import format_summary, run_demo  # noqa: PLC0415
 
     _setup_logging("warning")
     try:
@@ -57,7 +72,6 @@ def demo(
 @app.command()
 def validate(topology: TopologyArg) -> None:
     """Load config, schemas and models; check shapes and names; exit 1 listing each problem."""
-    from streamer.validate import validate as check
 
     loaded, problems = check(topology)
     if problems:
@@ -66,20 +80,20 @@ def validate(topology: TopologyArg) -> None:
         raise typer.Exit(1)
     assert loaded is not None
     variants = ", ".join(v.name + (" (shadow)" if v.shadow else "") for v in loaded.variants)
-    typer.echo(f"{topology}: ok: {loaded.name}: {len(loaded.features)} features, "
-               f"variants {variants}")
+    typer.echo(
+        f"{topology}: ok: {loaded.name}: {len(loaded.features)} features, variants {variants}"
+    )
 
 
 @app.command()
 def run(
     topology: TopologyArg,
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "info",
-    connect_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the "
-                                                   "cluster before exit 1.")] = 30.0,
+    connect_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to wait for the cluster before exit 1.")
+    ] = 30.0,
 ) -> None:
     """Run an agent until SIGTERM/SIGINT; then finish the batch, flush, commit and exit 0."""
-    from streamer.agent import Agent
-    from streamer.validate import validate as check
 
     _setup_logging(log_level)
     loaded, problems = check(topology)
@@ -100,20 +114,22 @@ def run(
         stats = agent.run()
     except StreamerError as exc:
         _fail(str(exc))
-    typer.echo(f"stopped: {stats.consumed} consumed, {stats.served} served, "
-               f"{stats.dead_letters} dead letters, {stats.batches} batches", err=True)
+    typer.echo(
+        f"stopped: {stats.consumed} consumed, {stats.served} served, "
+        f"{stats.dead_letters} dead letters, {stats.batches} batches",
+        err=True,
+    )
 
 
 @topics_app.command("create")
 def topics_create(
     topology: TopologyArg,
-    partitions: Annotated[int | None, typer.Option(min=1, help="Partitions per topic "
-                                                   "(default: topics.partitions).")] = None,
+    partitions: Annotated[
+        int | None, typer.Option(min=1, help="Partitions per topic (default: topics.partitions).")
+    ] = None,
     replication_factor: Annotated[int | None, typer.Option(min=1)] = None,
 ) -> None:
     """Create the topology's topics; existing ones are left alone."""
-    from streamer.config import load_topology
-    from streamer.kafka.admin import create_topics
 
     try:
         loaded = load_topology(topology)
@@ -121,14 +137,12 @@ def topics_create(
     except StreamerError as exc:
         _fail(str(exc))
     for r in results:
-        typer.echo(f"{r.topic}: {'created' if r.created else 'exists'} "
-                   f"({r.partitions} partitions)")
+        typer.echo(f"{r.topic}: {'created' if r.created else 'exists'} ({r.partitions} partitions)")
 
 
 @kafka_app.command("start")
 def kafka_start(port: PortOpt = 9092, data_dir: DataDirOpt = None) -> None:
     """Start the local broker (Apache Kafka jars via Maven, KRaft, one node)."""
-    from streamer.kafka.local import LocalKafka, start
 
     try:
         result = start(LocalKafka(port=port, data_dir=data_dir))
@@ -137,14 +151,12 @@ def kafka_start(port: PortOpt = 9092, data_dir: DataDirOpt = None) -> None:
     if result.already_running:
         typer.echo(f"Kafka already running at {result.bootstrap} (pid {result.pid})")
     else:
-        typer.echo(f"Kafka started at {result.bootstrap} (pid {result.pid}, "
-                   f"{result.seconds:.1f}s)")
+        typer.echo(f"Kafka started at {result.bootstrap} (pid {result.pid}, {result.seconds:.1f}s)")
 
 
 @kafka_app.command("stop")
 def kafka_stop(port: PortOpt = 9092, data_dir: DataDirOpt = None) -> None:
     """Stop the local broker."""
-    from streamer.kafka.local import LocalKafka, stop
 
     stopped = stop(LocalKafka(port=port, data_dir=data_dir))
     typer.echo("Kafka stopped" if stopped else "Kafka was not running")
@@ -153,7 +165,6 @@ def kafka_stop(port: PortOpt = 9092, data_dir: DataDirOpt = None) -> None:
 @kafka_app.command("status")
 def kafka_status(port: PortOpt = 9092, data_dir: DataDirOpt = None) -> None:
     """Exit 0 when the local broker answers, 1 when it is down."""
-    from streamer.kafka.local import LocalKafka, status
 
     broker = LocalKafka(port=port, data_dir=data_dir)
     up, pid = status(broker)

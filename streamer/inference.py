@@ -39,8 +39,9 @@ class Scorer:
     def score(self, features: np.ndarray, ids: Sequence[str]) -> list[VariantScores]:
         routes = self.router.route(ids)
         every_row = np.arange(len(ids))
-        plan = [(name, rows, False, routes.propensity[name]) for name, rows in
-                routes.served.items()]
+        plan = [
+            (name, rows, False, routes.propensity[name]) for name, rows in routes.served.items()
+        ]
         plan += [(name, every_row, True, 1.0) for name in self.shadows]
         results = []
         for name, rows, shadow, propensity in plan:

@@ -10,8 +10,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                   2.5, 5.0, 10.0, 30.0)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 
 
 class Metrics:
@@ -21,31 +36,54 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.events_consumed = Counter(
-            "streamer_events_consumed", "Input events consumed.", registry=r)
+            "streamer_events_consumed", "Input events consumed.", registry=r
+        )
         self.predictions = Counter(
-            "streamer_predictions", "Predictions made, per variant; shadow=true were not served.",
-            ["variant", "shadow"], registry=r)
+            "streamer_predictions",
+            "Predictions made, per variant; shadow=true were not served.",
+            ["variant", "shadow"],
+            registry=r,
+        )
         self.dead_letters = Counter(
-            "streamer_dead_letters", "Events sent to the dead-letter topic, by reason.",
-            ["reason"], registry=r)
+            "streamer_dead_letters",
+            "Events sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "streamer_batch_size", "Events per micro-batch.", buckets=BATCH_SIZE_BUCKETS,
-            registry=r)
+            "streamer_batch_size", "Events per micro-batch.", buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
         self.inference_seconds = Histogram(
-            "streamer_inference_seconds", "Wall time of one ONNX call for a batch, per variant.",
-            ["variant"], buckets=LATENCY_BUCKETS, registry=r)
+            "streamer_inference_seconds",
+            "Wall time of one ONNX call for a batch, per variant.",
+            ["variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.end_to_end_seconds = Histogram(
-            "streamer_end_to_end_seconds", "Event timestamp to output produce.",
-            buckets=LATENCY_BUCKETS, registry=r)
+            "streamer_end_to_end_seconds",
+            "Event timestamp to output produce.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.variant_weight = Gauge(
-            "streamer_variant_weight", "Share of served traffic routed to a variant.",
-            ["variant"], registry=r)
+            "streamer_variant_weight",
+            "Share of served traffic routed to a variant.",
+            ["variant"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
-            "streamer_consumer_lag", "Messages behind the partition's high watermark.",
-            ["partition"], registry=r)
+            "streamer_consumer_lag",
+            "Messages behind the partition's high watermark.",
+            ["partition"],
+            registry=r,
+        )
         self.model_info = Gauge(
-            "streamer_model_info", "The model a variant serves (value is always 1).",
-            ["variant", "version", "sha256"], registry=r)
+            "streamer_model_info",
+            "The model a variant serves (value is always 1).",
+            ["variant", "version", "sha256"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -54,13 +92,15 @@ class Metrics:
 class MetricsServer:
     """Serves /metrics, /healthz (the loop is alive) and /readyz (partitions assigned)."""
 
-    def __init__(self, metrics: Metrics, port: int, healthy: Callable[[], bool],
-                 ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, metrics: Metrics, port: int, healthy: Callable[[], bool], ready: Callable[[], bool]
+    ) -> None:
         handler = _handler(metrics, healthy, ready)
         self._server = ThreadingHTTPServer(("0.0.0.0", port), handler)  # noqa: S104 - scraped from outside
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics", daemon=True
+        )
 
     @property
     def port(self) -> int:
@@ -75,8 +115,9 @@ class MetricsServer:
         self._server.server_close()
 
 
-def _handler(metrics: Metrics, healthy: Callable[[], bool],
-             ready: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    metrics: Metrics, healthy: Callable[[], bool], ready: Callable[[], bool]
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -95,7 +136,7 @@ def _handler(metrics: Metrics, healthy: Callable[[], bool],
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+        def log_message(self, format: str, *args: object) -> None:
             pass  # scrapes every few seconds would flood the agent's log
 
     return Handler

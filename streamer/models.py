@@ -59,8 +59,9 @@ def load_model(
     except OSError as exc:
         raise ModelError(f"{path}: cannot read model: {exc.strerror}") from None
     try:
-        session = ort.InferenceSession(blob, sess_options=session_options(),
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            blob, sess_options=session_options(), providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # onnxruntime raises its own hierarchy for invalid graphs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: not a loadable ONNX model: {first[:200]}") from None
@@ -73,8 +74,9 @@ def load_model(
         raise ModelError(f"{path}: input {spec.name!r} is {spec.type}, expected tensor(float)")
     shape = list(spec.shape)
     if len(shape) != 2:
-        raise ModelError(f"{path}: input {spec.name!r} has rank {len(shape)}, expected 2 "
-                         "(batch, features)")
+        raise ModelError(
+            f"{path}: input {spec.name!r} has rank {len(shape)}, expected 2 (batch, features)"
+        )
     width = shape[1]
     if isinstance(width, int) and width != n_features:
         raise ModelError(
@@ -84,8 +86,10 @@ def load_model(
     if outputs is not None:
         missing = [o for o in outputs if o not in available]
         if missing:
-            raise ModelError(f"{path}: no output named {', '.join(map(repr, missing))} "
-                             f"(has {', '.join(available)})")
+            raise ModelError(
+                f"{path}: no output named {', '.join(map(repr, missing))} "
+                f"(has {', '.join(available)})"
+            )
     model = Model(
         path=path,
         version=version or path.stem,
@@ -99,6 +103,8 @@ def load_model(
         try:
             model.predict(np.zeros((1, n_features), dtype=np.float32))
         except Exception as exc:
-            raise ModelError(f"{path}: fails on a (1, {n_features}) float32 input: "
-                             f"{str(exc).splitlines()[0][:200]}") from None
+            raise ModelError(
+                f"{path}: fails on a (1, {n_features}) float32 input: "
+                f"{str(exc).splitlines()[0][:200]}"
+            ) from None
     return model

@@ -11,7 +11,7 @@ from types import TracebackType
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from streamer.agent import Agent, AgentStats
+from streamer.agent import Agent, AgentStats, coordinates
 from streamer.config import Topology
 
 Headers = list[tuple[str, bytes]]
@@ -29,12 +29,16 @@ class Record:
     timestamp_ms: int
 
 
-def produce(bootstrap: str, topic: str,
-            items: Iterable[tuple[bytes | None, bytes | None]],
-            partition: int | None = None) -> int:
+def produce(
+    bootstrap: str,
+    topic: str,
+    items: Iterable[tuple[bytes | None, bytes | None]],
+    partition: int | None = None,
+) -> int:
     """Produce (key, value) pairs and wait until all are acknowledged; returns the count."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
-                         "enable.idempotence": True})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}
+    )
     errors: list[str] = []
 
     def on_delivery(err: object, _msg: object) -> None:
@@ -48,8 +52,9 @@ def produce(bootstrap: str, topic: str,
                 if partition is None:
                     producer.produce(topic, value, key, on_delivery=on_delivery)
                 else:
-                    producer.produce(topic, value, key, partition=partition,
-                                     on_delivery=on_delivery)
+                    producer.produce(
+                        topic, value, key, partition=partition, on_delivery=on_delivery
+                    )
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -59,17 +64,20 @@ def produce(bootstrap: str, topic: str,
     return n
 
 
-def consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0,
-            idle_s: float = 1.0) -> list[Record]:
+def consume(
+    bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0, idle_s: float = 1.0
+) -> list[Record]:
     """Read `topic` from the start until `expected` records arrived (then `idle_s` more, to
     catch extras) or the timeout passed. Uses a fresh group and read_committed."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": f"streamer-test-{uuid.uuid4().hex}",
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-        "isolation.level": "read_committed",
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"streamer-test-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
     consumer.subscribe([topic])
     records: list[Record] = []
     deadline = time.monotonic() + timeout_s
@@ -79,8 +87,13 @@ def consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0,
             for msg in consumer.consume(500, 0.2):
                 if msg.error():
                     raise KafkaException(msg.error())
-                records.append(Record(msg.key(), msg.value(), dict(msg.headers() or []),
-                                      msg.partition(), msg.offset(), msg.timestamp()[1]))
+                _, partition, offset = coordinates(msg)
+                raw = msg.headers() or []
+                pairs = raw.items() if isinstance(raw, dict) else raw
+                headers = {k: v for k, v in pairs if isinstance(v, bytes)}
+                records.append(
+                    Record(msg.key(), msg.value(), headers, partition, offset, msg.timestamp()[1])
+                )
             if len(records) >= expected:
                 settled_at = settled_at or time.monotonic()
                 if time.monotonic() - settled_at >= idle_s:
@@ -90,8 +103,7 @@ def consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0,
     return records
 
 
-def committed_offsets(bootstrap: str, group_id: str, topic: str,
-                      partitions: int) -> dict[int, int]:
+def committed_offsets(bootstrap: str, group_id: str, topic: str, partitions: int) -> dict[int, int]:
     """The group's committed offset per partition (-1001 where none)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
     try:
@@ -130,8 +142,10 @@ class RunningAgent:
             time.sleep(0.05)
         if self.error is not None:
             raise self.error
-        raise TimeoutError(f"agent disposed of {self.agent.stats.served} + "
-                           f"{self.agent.stats.dead_letters} of {served_or_dead} events")
+        raise TimeoutError(
+            f"agent disposed of {self.agent.stats.served} + "
+            f"{self.agent.stats.dead_letters} of {served_or_dead} events"
+        )
 
     def stop(self) -> AgentStats:
         self.agent.stop()
@@ -141,8 +155,12 @@ class RunningAgent:
         assert self.stats is not None, "agent thread did not finish"
         return self.stats
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._thread.is_alive():
             self.agent.stop()
             self._thread.join(120)

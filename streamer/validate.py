@@ -35,8 +35,10 @@ def validate(path: str | Path) -> tuple[Topology | None, list[ConfigError]]:
     if topology.input.format == "avro":
         problems += _check_input_schema(shown, topology)
     outputs = next(iter(models.values())).output_names if models else ()
-    for key, sink, required in (("output", topology.output, OUTPUT_FIELDS),
-                                ("lake", topology.lake, LAKE_FIELDS)):
+    for key, sink, required in (
+        ("output", topology.output, OUTPUT_FIELDS),
+        ("lake", topology.lake, LAKE_FIELDS),
+    ):
         if sink.format == "avro" and sink.schema_ is not None:
             problems += _check_sink_schema(shown, key, sink.schema_, (*required, *outputs))
     return topology, problems
@@ -47,8 +49,14 @@ def _check_outputs_agree(shown: str, models: dict[str, Model]) -> list[ConfigErr
     if len(set(names.values())) <= 1:
         return []
     detail = "; ".join(f"{n}: {', '.join(o)}" for n, o in names.items())
-    return [ConfigError(shown, "variants", "variants must have the same outputs (or list the "
-                        f"common ones under `outputs:`): {detail}")]
+    return [
+        ConfigError(
+            shown,
+            "variants",
+            "variants must have the same outputs (or list the "
+            f"common ones under `outputs:`): {detail}",
+        )
+    ]
 
 
 def _check_input_schema(shown: str, topology: Topology) -> list[ConfigError]:
@@ -62,24 +70,34 @@ def _check_input_schema(shown: str, topology: Topology) -> list[ConfigError]:
     problems = []
     for i, name in enumerate(topology.features):
         if name not in fields:
-            problems.append(ConfigError(shown, f"features[{i}]",
-                                        f"{name!r} is not a field of {topology.input.schema_}"))
+            problems.append(
+                ConfigError(
+                    shown, f"features[{i}]", f"{name!r} is not a field of {topology.input.schema_}"
+                )
+            )
         elif not _numeric(fields[name]):
-            problems.append(ConfigError(shown, f"features[{i}]",
-                                        f"{name!r} has Avro type {fields[name]}, not a number"))
+            problems.append(
+                ConfigError(
+                    shown, f"features[{i}]", f"{name!r} has Avro type {fields[name]}, not a number"
+                )
+            )
     return problems
 
 
-def _check_sink_schema(shown: str, key: str, path: Path,
-                       required: tuple[str, ...]) -> list[ConfigError]:
+def _check_sink_schema(
+    shown: str, key: str, path: Path, required: tuple[str, ...]
+) -> list[ConfigError]:
     try:
         fields = record_fields(load_schema(path))
     except ValueError as exc:
         return [ConfigError(shown, f"{key}.schema", str(exc))]
     missing = [f for f in required if f not in fields]
     if not fields or missing:
-        return [ConfigError(shown, f"{key}.schema",
-                            f"{path.name} lacks field(s) {', '.join(missing) or 'all'}")]
+        return [
+            ConfigError(
+                shown, f"{key}.schema", f"{path.name} lacks field(s) {', '.join(missing) or 'all'}"
+            )
+        ]
     return []
 
 

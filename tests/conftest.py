@@ -42,6 +42,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "slow" in item.keywords:
             item.add_marker(skip)
 
+
 TopologyFactory = Callable[..., Topology]
 
 
@@ -85,12 +86,16 @@ def make_topology(kafka: str, demo_models: dict[str, Path], tmp_path: Path) -> T
         spec: dict[str, Any] = {
             "name": name,
             "kafka": {"bootstrap_servers": kafka},
-            "input": {"topic": f"{name}-in", "format": "avro",
-                      "schema": str(SCHEMAS / "transaction.avsc")},
+            "input": {
+                "topic": f"{name}-in",
+                "format": "avro",
+                "schema": str(SCHEMAS / "transaction.avsc"),
+            },
             "features": ["amount", "age_days", "hour", "merchant_risk"],
             "batching": {"max_batch_size": 256, "max_wait_ms": 20},
-            "variants": [{"name": "champion", "model": str(demo_models["fraud_v2"]),
-                          "weight": 1.0}],
+            "variants": [
+                {"name": "champion", "model": str(demo_models["fraud_v2"]), "weight": 1.0}
+            ],
             "output": {"topic": f"{name}-out", "format": "json"},
             "lake": {"topic": f"{name}-lake", "format": "json"},
             "dead_letter": {"topic": f"{name}-dlq"},

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 from streamer.codecs.avro import AvroDecoder, AvroEncoder
-from streamer.codecs.base import DecodeError, Decoder, Encoder, EncodeError
+from streamer.codecs.base import DecodeError, Decoder, EncodeError, Encoder
 from streamer.codecs.features import DecodedBatch, decode_batch
 from streamer.codecs.json import JsonDecoder, JsonEncoder
 

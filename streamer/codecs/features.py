@@ -47,10 +47,14 @@ def decode_batch(
     if not finite.all():
         keep = np.flatnonzero(finite)
         for r in np.flatnonzero(~finite):
-            bad = [features[c] for c in np.flatnonzero(~np.isfinite(matrix[r]))]
+            bad = [features[int(c)] for c in np.flatnonzero(~np.isfinite(matrix[r]))]
             rejected.append(
-                (ok[r], DecodeError("non_finite", f"NaN, infinite or out of float32 range: "
-                                    f"{', '.join(bad)}"))
+                (
+                    ok[r],
+                    DecodeError(
+                        "non_finite", f"NaN, infinite or out of float32 range: {', '.join(bad)}"
+                    ),
+                )
             )
         matrix = matrix[keep]
         ok = [ok[r] for r in keep]

@@ -20,7 +20,8 @@ class JsonDecoder:
         except ValueError as exc:
             raise DecodeError("undecodable", f"not JSON: {exc}") from None
         if not isinstance(record, dict):
-            raise DecodeError("not_a_record", f"expected a JSON object, got {type(record).__name__}")
+            kind = type(record).__name__
+            raise DecodeError("not_a_record", f"expected a JSON object, got {kind}")
         return record
 
 

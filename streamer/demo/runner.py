@@ -54,8 +54,9 @@ def run_demo(
 ) -> DemoSummary:
     """Run the demo end to end; `echo` receives the live view and progress lines."""
     if not topology_path.exists():
-        raise StreamerError(f"{topology_path}: not found; run the demo from the repository "
-                            "root or pass --topology")
+        raise StreamerError(
+            f"{topology_path}: not found; run the demo from the repository root or pass --topology"
+        )
     topology = load_topology(topology_path)
     model_dirs = {v.model.parent for v in topology.variants}
     for directory in sorted(model_dirs):
@@ -70,19 +71,21 @@ def run_demo(
     if _is_local(topology.kafka.bootstrap_servers) and not _answers(topology):
         broker = LocalKafka(port=int(topology.kafka.bootstrap_servers.rsplit(":", 1)[1]))
         result = start(broker)
-        echo(f"Kafka {'already running' if result.already_running else 'started'} at "
-             f"{result.bootstrap}")
+        echo(
+            f"Kafka {'already running' if result.already_running else 'started'} at "
+            f"{result.bootstrap}"
+        )
     for t in create_topics(topology):
-        echo(f"topic {t.topic}: {'created' if t.created else 'exists'} "
-             f"({t.partitions} partitions)")
+        echo(f"topic {t.topic}: {'created' if t.created else 'exists'} ({t.partitions} partitions)")
 
     start_offsets = _end_offsets(topology)
     agent = Agent(topology)
     runner = threading.Thread(target=_run_agent, args=(agent,), daemon=True)
     errors: list[BaseException] = []
     runner.start()
-    producer = threading.Thread(target=_produce_events,
-                                args=(topology, events, rate, errors), daemon=True)
+    producer = threading.Thread(
+        target=_produce_events, args=(topology, events, rate, errors), daemon=True
+    )
     began = time.monotonic()
     producer.start()
     _live_view(agent.stats, events, began, echo, errors)
@@ -106,19 +109,18 @@ def _answers(topology: Topology) -> bool:
 
 
 def _is_local(bootstrap: str) -> bool:
-    host = bootstrap.split(",")[0].rsplit(":", 1)[0]
+    host = bootstrap.split(",", maxsplit=1)[0].rsplit(":", 1)[0]
     return host in ("localhost", "127.0.0.1") and "," not in bootstrap
 
 
-def _produce_events(topology: Topology, n: int, rate: float,
-                    errors: list[BaseException]) -> None:
+def _produce_events(topology: Topology, n: int, rate: float, errors: list[BaseException]) -> None:
     """Stream `n` events at `rate` per second, GARBAGE_SHARE of them broken."""
     try:
         assert topology.input.schema_ is not None, "the demo topology reads Avro"
         schema = load_schema(topology.input.schema_)
         producer = make_producer(topology.kafka, {"linger.ms": 1})
         run = time.strftime("%H%M%S")
-        rng = random.Random(run)
+        rng = random.Random(run)  # noqa: S311 - demo garbage, not security
         began = time.monotonic()
         events = generate_transactions(n, seed=int(run), start_ms=int(time.time() * 1000))
         for sent, event in enumerate(events):
@@ -144,23 +146,33 @@ def _produce_events(topology: Topology, n: int, rate: float,
         errors.append(exc)
 
 
-def _live_view(stats: AgentStats, events: int, began: float, echo: Callable[[str], None],
-               errors: list[BaseException]) -> None:
+def _live_view(
+    stats: AgentStats,
+    events: int,
+    began: float,
+    echo: Callable[[str], None],
+    errors: list[BaseException],
+) -> None:
     last_done, last_t = 0, began
     deadline = began + max(events / 500.0, 120.0)
     while time.monotonic() < deadline and not errors:
         time.sleep(1.0)
         done = stats.served + stats.dead_letters
         now = time.monotonic()
-        echo(f"  t={now - began:5.1f}s  consumed {stats.consumed:>7}  served {stats.served:>7}"
-             f"  dead letters {stats.dead_letters:>4}  {(done - last_done) / (now - last_t):8.0f}"
-             f" ev/s  batches {stats.batches}")
+        echo(
+            f"  t={now - began:5.1f}s  consumed {stats.consumed:>7}  served {stats.served:>7}"
+            f"  dead letters {stats.dead_letters:>4}  {(done - last_done) / (now - last_t):8.0f}"
+            f" ev/s  batches {stats.batches}"
+        )
         last_done, last_t = done, now
         if done >= events:
             return
     if not errors:
-        errors.append(TimeoutError(f"only {stats.served + stats.dead_letters} of {events} "
-                                   "events were served in time"))
+        errors.append(
+            TimeoutError(
+                f"only {stats.served + stats.dead_letters} of {events} events were served in time"
+            )
+        )
 
 
 def _end_offsets(topology: Topology) -> dict[int, int]:
@@ -172,8 +184,10 @@ def _end_offsets(topology: Topology) -> dict[int, int]:
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
         while True:
             try:
-                return {p: consumer.get_watermark_offsets(TopicPartition(topic, p),
-                                                          timeout=10)[1] for p in partitions}
+                return {
+                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                    for p in partitions
+                }
             except KafkaException:
                 # A just-created partition's leader may not serve offsets for a moment yet.
                 if time.monotonic() > deadline:
@@ -184,12 +198,18 @@ def _end_offsets(topology: Topology) -> dict[int, int]:
 
 
 def _reader(topology: Topology) -> Consumer:
-    return Consumer({**topology.kafka.client_config(), "group.id": "streamer-demo-reader",
-                     "enable.auto.commit": False})
+    return Consumer(
+        {
+            **topology.kafka.client_config(),
+            "group.id": "streamer-demo-reader",
+            "enable.auto.commit": False,
+        }
+    )
 
 
-def _summarise(topology: Topology, agent: Agent, events: int, start: dict[int, int],
-               seconds: float) -> DemoSummary:
+def _summarise(
+    topology: Topology, agent: Agent, events: int, start: dict[int, int], seconds: float
+) -> DemoSummary:
     """Read back this run's outputs for exact latency and the served variant split."""
     stats = agent.stats
     consumer = _reader(topology)
@@ -201,7 +221,7 @@ def _summarise(topology: Topology, agent: Agent, events: int, start: dict[int, i
         for msg in consumer.consume(1000, 0.5):
             if msg.error():
                 continue
-            value = json.loads(msg.value())
+            value = json.loads(msg.value() or b"{}")
             latencies.append(value["ts_predicted"] - value["ts_event"])
             variants[value["variant"]] += 1
     consumer.close()
@@ -209,16 +229,21 @@ def _summarise(topology: Topology, agent: Agent, events: int, start: dict[int, i
     span = (stats.last_output_at or 0) - (stats.first_output_at or 0)
     shadow_scored = sum(
         agent.metrics.registry.get_sample_value(
-            "streamer_predictions_total", {"variant": v.name, "shadow": "true"}) or 0.0
-        for v in topology.shadows)
+            "streamer_predictions_total", {"variant": v.name, "shadow": "true"}
+        )
+        or 0.0
+        for v in topology.shadows
+    )
     return DemoSummary(
         events=events,
         served=stats.served,
         dead_letters=dict(stats.dead_letter_reasons),
         seconds=seconds,
         throughput=stats.served / span if span > 0 else 0.0,
-        latency_ms={q: float(np.percentile(lat, p)) for q, p in
-                    (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))},
+        latency_ms={
+            q: float(np.percentile(lat, p))
+            for q, p in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))
+        },
         variants=dict(variants),
         shadow_scored=int(shadow_scored),
     )
@@ -227,17 +252,20 @@ def _summarise(topology: Topology, agent: Agent, events: int, start: dict[int, i
 def format_summary(s: DemoSummary) -> str:
     """The summary block printed at the end of `streamer demo`."""
     dead = ", ".join(f"{k} {v}" for k, v in sorted(s.dead_letters.items())) or "none"
-    split = ", ".join(f"{k} {v} ({v / max(s.served, 1):.0%})" for k, v in
-                      sorted(s.variants.items()))
+    split = ", ".join(
+        f"{k} {v} ({v / max(s.served, 1):.0%})" for k, v in sorted(s.variants.items())
+    )
     lat = s.latency_ms
-    return "\n".join([
-        "summary",
-        f"  events in        {s.events}",
-        f"  predictions out  {s.served}  ({split})",
-        f"  shadow scored    {s.shadow_scored}",
-        f"  dead letters     {sum(s.dead_letters.values())}  ({dead})",
-        f"  served rate      {s.throughput:,.0f} events/s (first to last output; "
-        f"{s.seconds:.1f}s wall)",
-        f"  latency (event -> prediction)  p50 {lat['p50']:.0f} ms  p95 {lat['p95']:.0f} ms  "
-        f"p99 {lat['p99']:.0f} ms  max {lat['max']:.0f} ms",
-    ])
+    return "\n".join(
+        [
+            "summary",
+            f"  events in        {s.events}",
+            f"  predictions out  {s.served}  ({split})",
+            f"  shadow scored    {s.shadow_scored}",
+            f"  dead letters     {sum(s.dead_letters.values())}  ({dead})",
+            f"  served rate      {s.throughput:,.0f} events/s (first to last output; "
+            f"{s.seconds:.1f}s wall)",
+            f"  latency (event -> prediction)  p50 {lat['p50']:.0f} ms  p95 {lat['p95']:.0f} ms  "
+            f"p99 {lat['p99']:.0f} ms  max {lat['max']:.0f} ms",
+        ]
+    )

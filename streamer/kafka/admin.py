@@ -6,7 +6,10 @@ import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, not in stubs
+    AdminClient,
+    NewTopic,
+)
 
 from streamer.config import Topology
 from streamer.errors import StreamerError
@@ -63,14 +66,19 @@ def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout_s: float) -
     deadline = time.monotonic() + timeout_s
     while True:
         metadata = admin.list_topics(timeout=timeout_s)
-        pending = [t for t in topics if t not in metadata.topics
-                   or metadata.topics[t].error is not None
-                   or any(p.leader < 0 for p in metadata.topics[t].partitions.values())]
+        pending = [
+            t
+            for t in topics
+            if t not in metadata.topics
+            or metadata.topics[t].error is not None
+            or any(p.leader < 0 for p in metadata.topics[t].partitions.values())
+        ]
         if not pending:
             return
         if time.monotonic() > deadline:
-            raise StreamerError(f"topic(s) {', '.join(pending)} have no leader after "
-                                f"{timeout_s:.0f}s")
+            raise StreamerError(
+                f"topic(s) {', '.join(pending)} have no leader after {timeout_s:.0f}s"
+            )
         time.sleep(0.1)
 
 

@@ -28,32 +28,39 @@ def _error_cb(err: KafkaError) -> None:
 
 def _base(kafka: KafkaSettings, overrides: Settings) -> dict[str, Any]:
     # User settings win over our defaults: they know their cluster (security, tuning).
-    return {"error_cb": _error_cb, "logger": _librdkafka_log, **overrides,
-            **kafka.client_config()}
+    return {"error_cb": _error_cb, "logger": _librdkafka_log, **overrides, **kafka.client_config()}
 
 
 def make_consumer(kafka: KafkaSettings, group_id: str, overrides: Settings) -> Consumer:
     """A consumer in `group_id`; offsets are stored and committed only by the caller."""
-    config = _base(kafka, {
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        **overrides,
-    })
+    config = _base(
+        kafka,
+        {
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            **overrides,
+        },
+    )
     config["group.id"] = group_id
     return Consumer(config)
 
 
 def make_producer(kafka: KafkaSettings, overrides: Settings) -> Producer:
     """An idempotent producer (acks=all): retries never duplicate or reorder records."""
-    return Producer(_base(kafka, {
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 5,
-        "compression.type": "lz4",
-        **overrides,
-    }))
+    return Producer(
+        _base(
+            kafka,
+            {
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                **overrides,
+            },
+        )
+    )
 
 
 def make_admin(kafka: KafkaSettings) -> AdminClient:

@@ -112,7 +112,10 @@ def start(broker: LocalKafka, timeout_s: float = START_TIMEOUT_S) -> StartResult
     ]
     with open(broker.home / "stdout.log", "ab") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     broker.pid_file.write_text(str(proc.pid))
@@ -121,8 +124,7 @@ def start(broker: LocalKafka, timeout_s: float = START_TIMEOUT_S) -> StartResult
         if proc.poll() is not None:
             broker.pid_file.unlink(missing_ok=True)
             raise LocalKafkaError(
-                f"the broker exited during start-up (code {proc.returncode}); "
-                f"see {broker.log_file}"
+                f"the broker exited during start-up (code {proc.returncode}); see {broker.log_file}"
             )
         if _port_open(broker.port) and _answers(broker.bootstrap, 2.0):
             return StartResult(broker.bootstrap, proc.pid, False, time.monotonic() - began)
@@ -186,9 +188,18 @@ def ensure_jars(version: str = KAFKA_VERSION) -> Path:
     staging = libs.parent / "libs.partial"
     shutil.rmtree(staging, ignore_errors=True)
     result = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-         f"-DoutputDirectory={staging}"],
-        capture_output=True, text=True, check=False,
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={staging}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         tail = (result.stdout + result.stderr).strip().splitlines()[-1:] or ["no output"]
@@ -208,9 +219,7 @@ def _java() -> str:
             f"Java {MIN_JAVA}+ is not on PATH; install a JDK, "
             "or run Kafka with `docker compose up kafka`"
         )
-    out = subprocess.run(
-        [java, "-version"], capture_output=True, text=True, check=False
-    ).stderr
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
     match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
     major = int(match.group(1)) if match else 0
     if major == 1 and match and match.group(2):
@@ -268,7 +277,10 @@ def _format_storage(java: str, libs: Path, broker: LocalKafka, props: Path) -> N
         raise LocalKafkaError(f"kafka-storage random-uuid failed: {uuid.stderr.strip()[:200]}")
     fmt = subprocess.run(
         [*base, "format", "-t", cluster_id, "-c", str(props), "--standalone"],
-        capture_output=True, text=True, check=False, env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
     if fmt.returncode != 0:
         detail = (fmt.stdout + fmt.stderr).strip().splitlines()[-1:] or ["no output"]

@@ -32,8 +32,7 @@ def _bucket(registry: CollectorRegistry, le: str) -> float:
 
 
 def test_trickle_is_served_in_partial_batches(make_topology: TopologyFactory, kafka: str) -> None:
-    topology = make_topology(partitions=1,
-                             batching={"max_batch_size": 1000, "max_wait_ms": 2000})
+    topology = make_topology(partitions=1, batching={"max_batch_size": 1000, "max_wait_ms": 2000})
     values = _values(12, seed=31)
     with RunningAgent(topology) as running:
         for item in values:  # a trickle: far fewer events than a batch holds
@@ -52,8 +51,7 @@ def test_trickle_is_served_in_partial_batches(make_topology: TopologyFactory, ka
 
 
 def test_flood_fills_batches_to_max_batch_size(make_topology: TopologyFactory, kafka: str) -> None:
-    topology = make_topology(partitions=2,
-                             batching={"max_batch_size": 200, "max_wait_ms": 1000})
+    topology = make_topology(partitions=2, batching={"max_batch_size": 200, "max_wait_ms": 1000})
     n = 4000
     produce(kafka, topology.input.topic, _values(n, seed=32))  # all there before the agent starts
     with RunningAgent(topology) as running:

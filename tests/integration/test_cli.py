@@ -22,8 +22,13 @@ runner = CliRunner()
 
 
 def _streamer(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamer", *args], capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "streamer", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def _unused_port() -> int:
@@ -50,10 +55,12 @@ def test_kafka_start_status_stop_lifecycle(tmp_path: Path) -> None:
     assert "not running" in _streamer("kafka", "stop", *common).stdout
 
 
-def test_kafka_start_refuses_a_port_someone_else_holds(kafka_broker: LocalKafka,
-                                                       tmp_path: Path) -> None:
-    result = runner.invoke(app, ["kafka", "start", "--port", str(kafka_broker.port),
-                                 "--data-dir", str(tmp_path)])
+def test_kafka_start_refuses_a_port_someone_else_holds(
+    kafka_broker: LocalKafka, tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        app, ["kafka", "start", "--port", str(kafka_broker.port), "--data-dir", str(tmp_path)]
+    )
     assert result.exit_code == 1
     assert "in use by another process" in result.output
 
@@ -94,8 +101,7 @@ def test_run_fails_in_one_line_when_the_broker_is_unreachable(
     assert len(lines) == 1 and "cannot reach Kafka" in lines[0], result.stderr
 
 
-def test_demo_runs_end_to_end(kafka: str, tmp_path: Path,
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_runs_end_to_end(kafka: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`streamer demo` on a copy of the repo's demo topology (own topics, no metrics port)."""
     shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
     (tmp_path / "topologies").mkdir()
@@ -108,8 +114,9 @@ def test_demo_runs_end_to_end(kafka: str, tmp_path: Path,
     topology = tmp_path / "topologies" / "fraud.yaml"
     topology.write_text(yaml.safe_dump(spec))
     monkeypatch.setenv("STREAMER_BOOTSTRAP_SERVERS", kafka)
-    result = runner.invoke(app, ["demo", "--topology", str(topology), "--events", "3000",
-                                 "--rate", "3000"])
+    result = runner.invoke(
+        app, ["demo", "--topology", str(topology), "--events", "3000", "--rate", "3000"]
+    )
     assert result.exit_code == 0, result.output
     out = result.output
     assert "training demo models" in out  # the copy starts without models

@@ -40,14 +40,20 @@ def _expected(model: Path, events: list[dict[str, Any]]) -> dict[str, np.ndarray
     return {"label": label, "probabilities": proba}
 
 
-def test_avro_in_json_out(make_topology: TopologyFactory, kafka: str,
-                          demo_models: dict[str, Path]) -> None:
+def test_avro_in_json_out(
+    make_topology: TopologyFactory, kafka: str, demo_models: dict[str, Path]
+) -> None:
     topology = make_topology()
     events = generate_transactions(N, seed=11)
     # Half keyed by the event id, half unkeyed: the id must then come from the record.
-    produce(kafka, topology.input.topic,
-            ((e["id"].encode() if i % 2 else None, _avro("transaction.avsc", e))  # type: ignore[union-attr]
-             for i, e in enumerate(events)))
+    produce(
+        kafka,
+        topology.input.topic,
+        (
+            (str(e["id"]).encode() if i % 2 else None, _avro("transaction.avsc", e))
+            for i, e in enumerate(events)
+        ),
+    )
     with RunningAgent(topology) as running:
         running.wait_until(N)
         stats = running.stop()
@@ -60,14 +66,13 @@ def test_avro_in_json_out(make_topology: TopologyFactory, kafka: str,
     for record in outputs:
         value = json.loads(record.value or b"")
         i = index[value["id"]]
-        assert record.key == (value["id"].encode() if i % 2 else None)
+        assert record.key == (str(value["id"]).encode() if i % 2 else None)
         assert value["variant"] == "champion"
         assert value["model_version"] == "fraud_v2"
         assert value["label"] == int(expected["label"][i])
-        np.testing.assert_allclose(value["probabilities"], expected["probabilities"][i],
-                                   atol=1e-6)
+        np.testing.assert_allclose(value["probabilities"], expected["probabilities"][i], atol=1e-6)
         assert value["ts_predicted"] >= value["ts_event"]
-    assert sorted(json.loads(r.value or b"")["id"] for r in outputs) == sorted(index)
+    assert sorted(json.loads(r.value or b"")["id"] for r in outputs) == sorted(map(str, index))
 
     lake = consume(kafka, topology.lake.topic, N)
     assert len(lake) == N
@@ -80,33 +85,46 @@ def test_avro_in_json_out(make_topology: TopologyFactory, kafka: str,
     np.testing.assert_allclose(sample["features"], feature_matrix([events[i]])[0], rtol=1e-6)
 
 
-def test_json_in_avro_out(make_topology: TopologyFactory, kafka: str,
-                          demo_models: dict[str, Path]) -> None:
+def test_json_in_avro_out(
+    make_topology: TopologyFactory, kafka: str, demo_models: dict[str, Path]
+) -> None:
     topology = make_topology(
         input=lambda name: {"topic": f"{name}-in", "format": "json"},
-        output=lambda name: {"topic": f"{name}-out", "format": "avro",
-                             "schema": str(SCHEMAS / "fraud_score.avsc")},
-        lake=lambda name: {"topic": f"{name}-lake", "format": "avro",
-                           "schema": str(SCHEMAS / "fraud_lake.avsc")},
+        output=lambda name: {
+            "topic": f"{name}-out",
+            "format": "avro",
+            "schema": str(SCHEMAS / "fraud_score.avsc"),
+        },
+        lake=lambda name: {
+            "topic": f"{name}-lake",
+            "format": "avro",
+            "schema": str(SCHEMAS / "fraud_lake.avsc"),
+        },
     )
     events = generate_transactions(N, seed=12)
-    produce(kafka, topology.input.topic,
-            ((str(e["id"]).encode(), json.dumps(e).encode()) for e in events))
+    produce(
+        kafka,
+        topology.input.topic,
+        ((str(e["id"]).encode(), json.dumps(e).encode()) for e in events),
+    )
     with RunningAgent(topology) as running:
         running.wait_until(N)
         running.stop()
-    outputs = [_read_avro("fraud_score.avsc", r.value or b"")
-               for r in consume(kafka, topology.output.topic, N)]
+    outputs = [
+        _read_avro("fraud_score.avsc", r.value or b"")
+        for r in consume(kafka, topology.output.topic, N)
+    ]
     assert len(outputs) == N
     expected = _expected(demo_models["fraud_v2"], events)
     index = {e["id"]: i for i, e in enumerate(events)}
     for value in outputs:
         i = index[value["id"]]
         assert value["label"] == int(expected["label"][i])
-        np.testing.assert_allclose(value["probabilities"], expected["probabilities"][i],
-                                   atol=1e-6)
-    lake = [_read_avro("fraud_lake.avsc", r.value or b"")
-            for r in consume(kafka, topology.lake.topic, N)]
+        np.testing.assert_allclose(value["probabilities"], expected["probabilities"][i], atol=1e-6)
+    lake = [
+        _read_avro("fraud_lake.avsc", r.value or b"")
+        for r in consume(kafka, topology.lake.topic, N)
+    ]
     assert len(lake) == N
     assert {r["id"] for r in lake} == set(index)
     assert all(len(r["features"]) == 4 and r["shadow"] is False for r in lake)

@@ -31,7 +31,9 @@ def _start(topology: Topology) -> subprocess.Popen[str]:
     assert topology.source is not None
     return subprocess.Popen(
         [sys.executable, "-m", "streamer", "run", str(topology.source), "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
@@ -52,8 +54,9 @@ def _sigterm(proc: subprocess.Popen[str]) -> str:
 def test_sigterm_mid_stream_then_restart_loses_nothing(
     make_topology: TopologyFactory, kafka: str, tmp_path: Path
 ) -> None:
-    topology = make_topology(partitions=PARTITIONS,
-                             batching={"max_batch_size": 128, "max_wait_ms": 10})
+    topology = make_topology(
+        partitions=PARTITIONS, batching={"max_batch_size": 128, "max_wait_ms": 10}
+    )
     schema = load_schema(SCHEMAS / "transaction.avsc")
     events = generate_transactions(N, seed=41)
 
@@ -86,7 +89,8 @@ def test_sigterm_mid_stream_then_restart_loses_nothing(
         time.sleep(0.2)
     _sigterm(second)
 
-    ids = Counter(json.loads(r.value or b"")["id"] for r in consume(kafka, topology.output.topic, N))
+    outputs = consume(kafka, topology.output.topic, N)
+    ids = Counter(json.loads(r.value or b"")["id"] for r in outputs)
     assert set(ids) == {e["id"] for e in events}, "nothing lost"
     # A drained shutdown commits all it served, so the restart repeats nothing at all.
     assert [i for i, c in ids.items() if c > 1] == []
