@@ -7,6 +7,7 @@ acknowledged by the brokers, so a crash repeats work but never loses it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -41,6 +42,8 @@ CONNECT_TIMEOUT_S = 30.0
 """How long `run` waits for the cluster before it gives up with exit code 1."""
 DRAIN_TIMEOUT_S = 60.0
 """How long shutdown waits for in-flight records to be acknowledged."""
+LAG_INTERVAL_S = 2.0
+"""How often streamer_consumer_lag is refreshed (from librdkafka's cached watermarks)."""
 
 
 @dataclass
@@ -99,6 +102,9 @@ class Agent:
         self._assigned: set[tuple[str, int]] = set()
         self._joined = False
         self._heartbeat = time.monotonic()
+        self._lag_updated = 0.0
+        self.metrics_port: int | None = None
+        """The port /metrics is served on once running (None when disabled)."""
         for name, model in self.models.items():
             self.metrics.model_info.labels(name, model.version, model.sha256).set(1)
         for name, weight in self.router.weights.items():
@@ -146,6 +152,7 @@ class Agent:
                     self._serve(messages, producer)
                 producer.poll(0)
                 self._commit(consumer, asynchronous=True)
+                self._update_lag(consumer)
         finally:
             self._drain(consumer, producer)
             if server is not None:
@@ -319,7 +326,7 @@ class Agent:
             # owner does not serve it again.
             producer.flush(DRAIN_TIMEOUT_S)
             self._commit(consumer, asynchronous=False)
-            self._assigned -= {(p.topic, p.partition) for p in partitions}
+            self._forget(partitions)
 
         return on_revoke
 
@@ -329,18 +336,36 @@ class Agent:
         log.info("assigned %s", sorted(p.partition for p in partitions))
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._assigned -= {(p.topic, p.partition) for p in partitions}
+        self._forget(partitions)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self._assigned.discard((p.topic, p.partition))
+            with contextlib.suppress(KeyError):  # never measured
+                self.metrics.consumer_lag.remove(str(p.partition))
+
+    def _update_lag(self, consumer: Consumer) -> None:
+        now = time.monotonic()
+        if now - self._lag_updated < LAG_INTERVAL_S or not self._assigned:
+            return
+        self._lag_updated = now
+        for tp in consumer.position([TopicPartition(t, p) for t, p in self._assigned]):
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0 and tp.offset >= 0:
+                self.metrics.consumer_lag.labels(str(tp.partition)).set(high - tp.offset)
 
     def _start_metrics_server(self) -> MetricsServer | None:
         port = self.topology.metrics.port
         if port is None:
             return None
         try:
-            return MetricsServer(self.metrics, port, self._healthy, lambda: self._joined).start()
+            server = MetricsServer(self.metrics, port, self._healthy, lambda: self._joined)
         except OSError as exc:
             raise StreamerError(
                 f"{self.topology.source}: metrics.port: cannot listen on {port}: {exc.strerror}"
             ) from None
+        self.metrics_port = server.port
+        return server.start()
 
     def _healthy(self) -> bool:
         stalled_after = 30.0 + self.topology.batching.max_wait_ms / 1000.0

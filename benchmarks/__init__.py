@@ -1,0 +1,1 @@
+"""Benchmarks for streamer (run each as `python -m benchmarks.<name>`)."""
