@@ -11,18 +11,18 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, Message, Producer, TopicPartition
 
 from streamer.batching import MicroBatcher
-from streamer.codecs import EncodeError, decode_batch, make_decoder, make_encoder
+from streamer.codecs import DecodedBatch, EncodeError, decode_batch, make_decoder, make_encoder
 from streamer.commits import InFlight, InFlightBatch
 from streamer.config import Topology
 from streamer.errors import DeliveryFailed, StreamerError
-from streamer.inference import Scorer
+from streamer.inference import Scorer, VariantScores
 from streamer.kafka.clients import (
     KafkaBatchSource,
     Settings,
@@ -34,7 +34,7 @@ from streamer.kafka.clients import (
 from streamer.metrics import Metrics, MetricsServer
 from streamer.models import Model, load_model
 from streamer.routing import Router
-from streamer.sinks import Headers, dead_letter_headers, lake_record, output_record
+from streamer.sinks import Headers, dead_letter_headers, lake_record
 
 log = logging.getLogger("streamer.agent")
 
@@ -172,81 +172,84 @@ class Agent:
         decoded = decode_batch([m.value() for m in messages], self.decoder, self.topology.features)
         for index, err in decoded.rejected:
             self._dead_letter(producer, batch, messages[index], err.reason, err.detail)
-        if not decoded.ok:
-            return
+        if decoded.ok:
+            self._score_and_publish(producer, batch, messages, decoded, fetched_at)
+
+    def _score_and_publish(
+        self,
+        producer: Producer,
+        batch: InFlightBatch,
+        messages: list[Message],
+        decoded: DecodedBatch,
+        fetched_at: float,
+    ) -> None:
         good = [messages[i] for i in decoded.ok]
         ids = [_event_id(m, r) for m, r in zip(good, decoded.records, strict=True)]
         ts_events = [_event_ts(m, fetched_at) for m in good]
         scores = self.scorer.score(decoded.features, ids)
         now = time.time()
         ts_predicted = int(now * 1000)
-        latency_ms = round((now - fetched_at) * 1000.0, 3)
-        features = decoded.features.tolist()
-        served_output: dict[int, dict[str, Any]] = {}
-        lake: list[tuple[int, dict[str, Any]]] = []
+        server: dict[int, tuple[VariantScores, int]] = {}
         for s in scores:
             self.metrics.inference_seconds.labels(s.variant).observe(s.seconds)
             self.metrics.predictions.labels(s.variant, str(s.shadow).lower()).inc(len(s.rows))
-            for j, row in enumerate(s.rows.tolist()):
-                out = output_record(
-                    event_id=ids[row],
-                    variant=s.variant,
-                    version=s.version,
-                    outputs={k: v[j] for k, v in s.outputs.items()},
-                    ts_event=ts_events[row],
-                    ts_predicted=ts_predicted,
-                )
-                if not s.shadow:
-                    served_output[row] = out
-                lake.append(
-                    (
-                        row,
-                        lake_record(
-                            out,
-                            shadow=s.shadow,
-                            features=features[row],
-                            latency_ms=latency_ms,
-                            topology=self.topology.name,
-                            propensity=s.propensity,
-                        ),
-                    )
-                )
-        unserved: set[int] = set()
-        for row in range(len(good)):  # input order, so each partition's outputs stay ordered
-            msg = good[row]
+            if not s.shadow:
+                server.update((row, (s, j)) for j, row in enumerate(s.rows.tolist()))
+
+        served: dict[int, dict[str, Any]] = {}
+        for row, msg in enumerate(good):  # input order keeps each partition's outputs in order
+            s, j = server[row]
+            if not s.finite[j]:
+                detail = f"variant {s.variant} returned NaN or infinity"
+                self._dead_letter(producer, batch, msg, "non_finite_output", detail)
+                continue
+            out = s.record(j, ids[row], ts_events[row], ts_predicted)
             try:
-                value = self.output_encoder.encode(served_output[row])
+                value = self.output_encoder.encode(out)
             except EncodeError as exc:
                 self._dead_letter(producer, batch, msg, "encode_failed", str(exc))
-                unserved.add(row)
                 continue
             self._produce(producer, batch, self.topology.output.topic, msg.key(), value)
             self.metrics.end_to_end_seconds.observe(max(now - ts_events[row] / 1000.0, 0.0))
-        self.stats.served += len(good) - len(unserved)
-        self._write_lake(producer, batch, good, lake, unserved)
+            served[row] = out
+        self.stats.served += len(served)
+
+        latency_ms = round((now - fetched_at) * 1000.0, 3)
+        for s in scores:
+            for j, row in enumerate(s.rows.tolist()):
+                if s.shadow:
+                    out = s.record(j, ids[row], ts_events[row], ts_predicted)
+                elif row in served:
+                    out = served[row]
+                else:
+                    continue  # dead-lettered: the lake holds only what was served or shadowed
+                record = lake_record(
+                    out,
+                    shadow=s.shadow,
+                    features=decoded.values[row],
+                    latency_ms=latency_ms,
+                    topology=self.topology.name,
+                    propensity=s.propensity,
+                )
+                self._write_lake(producer, batch, good[row], record)
         if self.stats.first_output_at is None:
             self.stats.first_output_at = now
         self.stats.last_output_at = now
 
     def _write_lake(
-        self,
-        producer: Producer,
-        batch: InFlightBatch,
-        good: Sequence[Message],
-        lake: list[tuple[int, dict[str, Any]]],
-        unserved: set[int],
+        self, producer: Producer, batch: InFlightBatch, msg: Message, record: dict[str, Any]
     ) -> None:
-        for row, record in lake:
-            if row in unserved and not record["shadow"]:
-                continue
-            try:
-                value = self.lake_encoder.encode(record)
-            except EncodeError as exc:
-                # The event was served; a lake record the lake schema cannot hold is counted.
-                self.metrics.dead_letters.labels("lake_encode_failed").inc()
-                log.warning("lake record for %s not written: %s", record["id"], exc)
-                continue
-            self._produce(producer, batch, self.topology.lake.topic, good[row].key(), value)
+        try:
+            value = self.lake_encoder.encode(record)
+        except EncodeError as exc:
+            # The event itself was handled; a lake record the lake format cannot hold is
+            # counted and logged, not dead-lettered (the dead-letter topic holds events).
+            self.metrics.dead_letters.labels("lake_encode_failed").inc()
+            log.warning(
+                "lake record for %s (%s) not written: %s", record["id"], record["variant"], exc
+            )
+            return
+        self._produce(producer, batch, self.topology.lake.topic, msg.key(), value)
 
     def _dead_letter(
         self, producer: Producer, batch: InFlightBatch, msg: Message, reason: str, detail: str

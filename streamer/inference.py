@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from streamer.models import Model
 from streamer.routing import Router
+from streamer.sinks import output_record
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,19 @@ class VariantScores:
     """ONNX output name -> one JSON-ready value per row (a number, or a list)."""
     propensity: float
     seconds: float
+    finite: np.ndarray
+    """Per row: True when every float output is finite (NaN/inf rows are not served)."""
+
+    def record(self, j: int, event_id: str, ts_event: int, ts_predicted: int) -> dict[str, Any]:
+        """The output record of this variant's j-th row."""
+        return output_record(
+            event_id=event_id,
+            variant=self.variant,
+            version=self.version,
+            outputs={name: values[j] for name, values in self.outputs.items()},
+            ts_event=ts_event,
+            ts_predicted=ts_predicted,
+        )
 
 
 class Scorer:
@@ -53,9 +67,26 @@ class Scorer:
             seconds = time.perf_counter() - started
             outputs = {out: _per_row(value, len(rows)) for out, value in raw.items()}
             results.append(
-                VariantScores(name, model.version, shadow, rows, outputs, propensity, seconds)
+                VariantScores(
+                    name,
+                    model.version,
+                    shadow,
+                    rows,
+                    outputs,
+                    propensity,
+                    seconds,
+                    _finite_rows(raw.values(), len(rows)),
+                )
             )
         return results
+
+
+def _finite_rows(values: Iterable[np.ndarray], n: int) -> np.ndarray:
+    finite = np.ones(n, dtype=bool)
+    for value in values:
+        if value.dtype.kind in "fc":
+            finite &= np.isfinite(value.reshape(n, -1)).all(axis=1)
+    return finite
 
 
 def _per_row(value: np.ndarray, n: int) -> list[Any]:

@@ -21,6 +21,8 @@ class DecodedBatch:
     """Indices (into the batch) of the events that became rows."""
     records: list[Mapping[str, Any]]
     """Decoded records of the `ok` events, same order."""
+    values: list[list[float]]
+    """The `ok` events' feature values as sent (before float32), same order."""
     rejected: list[tuple[int, DecodeError]] = field(default_factory=list)
     """(index into the batch, why) for each event that goes to the dead-letter topic."""
 
@@ -59,8 +61,9 @@ def decode_batch(
         matrix = matrix[keep]
         ok = [ok[r] for r in keep]
         records = [records[r] for r in keep]
+        rows = [rows[r] for r in keep]
     rejected.sort(key=lambda item: item[0])
-    return DecodedBatch(matrix, ok, records, rejected)
+    return DecodedBatch(matrix, ok, records, rows, rejected)
 
 
 def _row(record: Mapping[str, Any], features: Sequence[str]) -> list[float]:

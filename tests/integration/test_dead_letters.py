@@ -6,6 +6,7 @@ import io
 import json
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -16,6 +17,7 @@ from streamer.demo.data import generate_transactions
 from streamer.sinks import DETAIL_HEADER, ERROR_HEADER
 from streamer.testing import RunningAgent, consume, produce
 from tests.conftest import SCHEMAS, TopologyFactory
+from tests.onnx_models import write_tiny_model
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +93,29 @@ def test_every_offset_ends_as_one_output_or_one_dead_letter(
     assert {k: v for k, v in stats.dead_letter_reasons.items()} == {
         r: list(expected_reason.values()).count(r) for r in set(expected_reason.values())
     }
+
+
+def test_a_model_returning_nan_dead_letters_that_event_and_serves_the_rest(
+    make_topology: TopologyFactory, kafka: str, tmp_path: Path
+) -> None:
+    model = write_tiny_model(tmp_path / "overflowing.onnx")
+    topology = make_topology(
+        variants=[{"name": "tiny", "model": str(model), "weight": 1.0}],
+        input=lambda name: {"topic": f"{name}-in", "format": "json"},
+    )
+    events = [
+        {"id": f"e{i}", "amount": 1.0 + i, "age_days": 2.0, "hour": 3, "merchant_risk": 0.5}
+        for i in range(50)
+    ]
+    events[7]["amount"] = events[7]["age_days"] = 3e38  # finite input, overflowing output
+    produce(kafka, topology.input.topic, ((None, json.dumps(e).encode()) for e in events))
+    with RunningAgent(topology) as running:
+        running.wait_until(len(events))
+        stats = running.stop()
+    assert stats.served == 49
+    assert stats.dead_letter_reasons == {"non_finite_output": 1}
+    (dead,) = consume(kafka, topology.dead_letter.topic, 1)
+    assert json.loads(dead.value or b"")["id"] == "e7"
+    assert b"tiny" in dead.headers[DETAIL_HEADER]
+    lake = consume(kafka, topology.lake.topic, 49)
+    assert "e7" not in {json.loads(r.value or b"")["id"] for r in lake}

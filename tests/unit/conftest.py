@@ -2,83 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
-
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
-OnnxFactory = Callable[..., Path]
-"""write(path, *, width=4, dtype="float", rank=2, outputs=("label", "probabilities")) -> path"""
-
-_DTYPES = {"float": TensorProto.FLOAT, "int64": TensorProto.INT64, "double": TensorProto.DOUBLE}
-
-
-def write_tiny_model(
-    path: Path,
-    *,
-    width: int | None = 4,
-    dtype: str = "float",
-    rank: int = 2,
-    outputs: Sequence[str] = ("label", "probabilities"),
-) -> Path:
-    """A linear two-class "model" shaped like the demo ones.
-
-    Input `features` is (N, width) of `dtype` ((N, 1, width) for rank 3; width None = dynamic);
-    outputs are `probabilities` float32 (N, 2) = features @ W and `label` int64 (N,) = argmax.
-    """
-    dim: int | str = "F" if width is None else width
-    shape: list[int | str] = ["N", dim] if rank == 2 else ["N", 1, dim]
-    cols = 4 if width is None else width
-    nodes = []
-    initializers = [
-        helper.make_tensor(
-            "w", TensorProto.FLOAT, [cols, 2], np.linspace(-1.0, 1.0, cols * 2).tolist()
-        )
-    ]
-    current = "features"
-    if dtype != "float":
-        nodes.append(helper.make_node("Cast", [current], ["as_float"], to=TensorProto.FLOAT))
-        current = "as_float"
-    if rank == 3:
-        initializers.append(helper.make_tensor("axes", TensorProto.INT64, [1], [1]))
-        nodes.append(helper.make_node("ReduceSum", [current, "axes"], ["flat"], keepdims=0))
-        current = "flat"
-    nodes.append(helper.make_node("MatMul", [current, "w"], ["probabilities"]))
-    if "label" in outputs:
-        nodes.append(helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0))
-    infos = {
-        "probabilities": helper.make_tensor_value_info(
-            "probabilities", TensorProto.FLOAT, ["N", 2]
-        ),
-        "label": helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
-    }
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("features", _DTYPES[dtype], shape)],
-        [infos[o] for o in outputs],
-        initializer=initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # loadable by every onnxruntime the project supports
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model.SerializeToString())
-    return path
+from tests.onnx_models import OnnxFactory, write_tiny_model
 
 
 @pytest.fixture
 def tiny_model() -> OnnxFactory:
     """Writes a tiny ONNX model (see `write_tiny_model`) and returns its path."""
     return write_tiny_model
-
-
-@pytest.fixture(scope="session")
-def unit_demo_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The three demo models, trained once per session on a small data set (about 2 s)."""
-    from streamer.demo.train import ensure_models
-
-    return ensure_models(tmp_path_factory.mktemp("unit-models"), n_train=4000)

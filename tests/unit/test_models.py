@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 from streamer.demo.data import FEATURES, feature_matrix, generate_transactions
 from streamer.errors import StreamerError
 from streamer.models import ModelError, load_model, session_options
-from tests.unit.conftest import OnnxFactory
+from tests.onnx_models import OnnxFactory
 
 
 def two_input_model(path: Path) -> Path:
@@ -150,9 +150,9 @@ def test_predict_selected_outputs_only(tmp_path: Path, tiny_model: OnnxFactory) 
     assert list(out) == ["probabilities"]
 
 
-def test_predict_with_demo_models(unit_demo_models: dict[str, Path]) -> None:
+def test_predict_with_demo_models(demo_models: dict[str, Path]) -> None:
     x = feature_matrix(generate_transactions(257, seed=3))
-    for stem, path in unit_demo_models.items():
+    for stem, path in demo_models.items():
         model = load_model(path, len(FEATURES))
         assert model.version == stem
         out = model.predict(x)

@@ -12,6 +12,7 @@ from streamer.demo.data import FEATURES, feature_matrix, generate_transactions
 from streamer.inference import Scorer, VariantScores
 from streamer.models import Model, load_model, session_options
 from streamer.routing import Router
+from tests.onnx_models import write_tiny_model
 
 IDS = [f"tx-{i:09d}" for i in range(20_000)]
 
@@ -116,11 +117,11 @@ def test_invalid_weights_rejected(weights: dict[str, float]) -> None:
 
 
 @pytest.fixture(scope="module")
-def models(unit_demo_models: dict[str, Path]) -> dict[str, Model]:
+def models(demo_models: dict[str, Path]) -> dict[str, Model]:
     return {
-        "champion": load_model(unit_demo_models["fraud_v1"], len(FEATURES)),
-        "challenger": load_model(unit_demo_models["fraud_v2"], len(FEATURES)),
-        "candidate": load_model(unit_demo_models["fraud_v3"], len(FEATURES)),
+        "champion": load_model(demo_models["fraud_v1"], len(FEATURES)),
+        "challenger": load_model(demo_models["fraud_v2"], len(FEATURES)),
+        "candidate": load_model(demo_models["fraud_v3"], len(FEATURES)),
     }
 
 
@@ -169,14 +170,14 @@ def test_scorer_serves_partition_and_shadows_score_everything(
 def test_scorer_outputs_are_python_values_equal_to_onnxruntime(
     models: dict[str, Model],
     batch: tuple[np.ndarray, list[str]],
-    unit_demo_models: dict[str, Path],
+    demo_models: dict[str, Path],
 ) -> None:
     features, ids = batch
     stems = {"champion": "fraud_v1", "challenger": "fraud_v2", "candidate": "fraud_v3"}
     router = Router({"champion": 0.5, "challenger": 0.5})
     results = Scorer(models, router, shadows=["candidate"]).score(features, ids)
     for r in results:
-        ref = _reference(unit_demo_models[stems[r.variant]], features[r.rows])
+        ref = _reference(demo_models[stems[r.variant]], features[r.rows])
         labels = r.outputs["label"]
         probabilities = r.outputs["probabilities"]
         assert all(type(v) is int for v in labels)  # a single value per row: a number
@@ -208,3 +209,12 @@ def test_scorer_skips_variants_without_rows(
         ("champion", False),
         ("candidate", True),
     ]
+
+
+def test_scorer_flags_rows_with_non_finite_outputs(tmp_path: Path) -> None:
+    model = load_model(write_tiny_model(tmp_path / "tiny.onnx"), 4)
+    scorer = Scorer({"a": model}, Router({"a": 1.0}), [])
+    # 3e38 is a finite float32, but the linear model's sums overflow to inf / NaN.
+    features = np.array([[1, 2, 3, 4], [3e38, 3e38, 3e38, 3e38]], dtype=np.float32)
+    (scores,) = scorer.score(features, ["x", "y"])
+    assert scores.finite.tolist() == [True, False]

@@ -15,7 +15,7 @@ from typer.testing import CliRunner, Result
 
 from streamer.cli import app
 from streamer.config import BOOTSTRAP_ENV, load_topology
-from tests.unit.conftest import OnnxFactory
+from tests.onnx_models import OnnxFactory
 
 FEATURES = ["amount", "age_days", "hour", "merchant_risk"]
 
@@ -479,16 +479,14 @@ def test_valid_topology_with_avro_sinks_bandit_and_shadow(ws: Workspace) -> None
     assert "candidate (shadow)" in line
 
 
-def test_demo_models_fit_the_shipped_schemas(
-    ws: Workspace, unit_demo_models: dict[str, Path]
-) -> None:
+def test_demo_models_fit_the_shipped_schemas(ws: Workspace, demo_models: dict[str, Path]) -> None:
     schemas = Path(__file__).resolve().parents[2] / "schemas"
     spec = base_spec()
     spec["input"]["schema"] = str(schemas / "transaction.avsc")
     spec["variants"] = [
-        {"name": "champion", "model": str(unit_demo_models["fraud_v1"]), "weight": 0.9},
-        {"name": "challenger", "model": str(unit_demo_models["fraud_v2"]), "weight": 0.1},
-        {"name": "candidate", "model": str(unit_demo_models["fraud_v3"]), "shadow": True},
+        {"name": "champion", "model": str(demo_models["fraud_v1"]), "weight": 0.9},
+        {"name": "challenger", "model": str(demo_models["fraud_v2"]), "weight": 0.1},
+        {"name": "candidate", "model": str(demo_models["fraud_v3"]), "shadow": True},
     ]
     spec["output"] = {"topic": "s", "format": "avro", "schema": str(schemas / "fraud_score.avsc")}
     spec["lake"] = {"topic": "l", "format": "avro", "schema": str(schemas / "fraud_lake.avsc")}
