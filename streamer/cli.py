@@ -11,9 +11,10 @@ from types import FrameType
 from typing import Annotated, NoReturn
 
 import typer
+from confluent_kafka import KafkaException
 
 from streamer.agent import Agent
-from streamer.config import load_topology
+from streamer.config import Topology, load_topology
 from streamer.errors import StreamerError
 from streamer.kafka.admin import create_topics
 from streamer.kafka.local import LocalKafka, start, status, stop
@@ -41,6 +42,16 @@ DataDirOpt = Annotated[
 def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
+
+
+def _validated(topology: Path) -> Topology:
+    """The loaded topology, or every problem on stderr (one line each) and exit 1."""
+    loaded, problems = check(topology)
+    for p in problems:
+        typer.echo(f"error: {p}", err=True)
+    if problems or loaded is None:
+        raise typer.Exit(1)
+    return loaded
 
 
 def _setup_logging(level: str) -> None:
@@ -72,13 +83,7 @@ def demo(
 @app.command()
 def validate(topology: TopologyArg) -> None:
     """Load config, schemas and models; check shapes and names; exit 1 listing each problem."""
-
-    loaded, problems = check(topology)
-    if problems:
-        for p in problems:
-            typer.echo(f"error: {p}", err=True)
-        raise typer.Exit(1)
-    assert loaded is not None
+    loaded = _validated(topology)
     variants = ", ".join(v.name + (" (shadow)" if v.shadow else "") for v in loaded.variants)
     typer.echo(
         f"{topology}: ok: {loaded.name}: {len(loaded.features)} features, variants {variants}"
@@ -96,12 +101,7 @@ def run(
     """Run an agent until SIGTERM/SIGINT; then finish the batch, flush, commit and exit 0."""
 
     _setup_logging(log_level)
-    loaded, problems = check(topology)
-    if problems:
-        for p in problems:
-            typer.echo(f"error: {p}", err=True)
-        raise typer.Exit(1)
-    assert loaded is not None
+    loaded = _validated(topology)
     try:
         agent = Agent(loaded, connect_timeout_s=connect_timeout)
 
@@ -114,6 +114,8 @@ def run(
         stats = agent.run()
     except StreamerError as exc:
         _fail(str(exc))
+    except KafkaException as exc:  # e.g. an invalid librdkafka setting or failed authentication
+        _fail(f"{topology}: Kafka: {exc.args[0] if exc.args else exc}")
     typer.echo(
         f"stopped: {stats.consumed} consumed, {stats.served} served, "
         f"{stats.dead_letters} dead letters, {stats.batches} batches",
@@ -136,6 +138,8 @@ def topics_create(
         results = create_topics(loaded, partitions, replication_factor)
     except StreamerError as exc:
         _fail(str(exc))
+    except KafkaException as exc:
+        _fail(f"{topology}: Kafka: {exc.args[0] if exc.args else exc}")
     for r in results:
         typer.echo(f"{r.topic}: {'created' if r.created else 'exists'} ({r.partitions} partitions)")
 

@@ -81,30 +81,23 @@ class KafkaSettings(_Model):
         }
 
 
-class InputSpec(_Model):
+class _EncodedTopic(_Model):
+    topic: str
+    format: Literal["avro", "json"] = "json"
+    schema_: Path | None = Field(default=None, alias="schema", validate_default=True)
+    """Avro schema (.avsc) of the values; required for `format: avro`."""
+
+    _check_topic = field_validator("topic")(_topic)
+    _paths = field_validator("schema_")(_resolve)
+    _schema_for_avro = field_validator("schema_")(_avro_needs_schema)
+
+
+class InputSpec(_EncodedTopic):
     """The topic events arrive on and how their values are encoded."""
 
-    topic: str
-    format: Literal["avro", "json"] = "json"
-    schema_: Path | None = Field(default=None, alias="schema", validate_default=True)
-    """Avro schema (.avsc) of the event value; required for `format: avro`."""
 
-    _check_topic = field_validator("topic")(_topic)
-    _paths = field_validator("schema_")(_resolve)
-    _schema_for_avro = field_validator("schema_")(_avro_needs_schema)
-
-
-class SinkSpec(_Model):
-    """An output-like topic: predictions or the inference lake."""
-
-    topic: str
-    format: Literal["avro", "json"] = "json"
-    schema_: Path | None = Field(default=None, alias="schema", validate_default=True)
-    """Avro schema of the records written; required for `format: avro`."""
-
-    _check_topic = field_validator("topic")(_topic)
-    _paths = field_validator("schema_")(_resolve)
-    _schema_for_avro = field_validator("schema_")(_avro_needs_schema)
+class SinkSpec(_EncodedTopic):
+    """A topic the engine writes: predictions (`output`) or the inference lake (`lake`)."""
 
 
 class DeadLetterSpec(_Model):

@@ -126,3 +126,16 @@ def test_demo_runs_end_to_end(kafka: str, tmp_path: Path, monkeypatch: pytest.Mo
     assert served + dead == 3000 and 0 < dead < 100
     assert "champion" in out and "challenger" in out
     assert f"shadow scored    {served}" in out
+
+
+def test_run_fails_in_one_line_on_an_invalid_librdkafka_setting(
+    make_topology: TopologyFactory,
+) -> None:
+    topology = make_topology(
+        create=False,
+        kafka=lambda _: {"bootstrap_servers": "127.0.0.1:1", "config": {"no.such.setting": 1}},
+    )
+    result = _streamer("run", str(topology.source), "--connect-timeout", "1")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no.such.setting" in lines[0], result.stderr
