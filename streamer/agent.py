@@ -110,6 +110,11 @@ class Agent:
         for name, weight in self.router.weights.items():
             self.metrics.variant_weight.labels(name).set(weight)
 
+    @property
+    def assigned(self) -> list[tuple[str, int]]:
+        """The (topic, partition)s this agent currently owns."""
+        return sorted(self._assigned)
+
     def stop(self) -> None:
         """Ask the loop to finish its batch, flush, commit and return (signal-safe)."""
         self._stop.set()
