@@ -136,9 +136,9 @@ class Agent:
                 "does not read %s yet",
                 t.routing.control_topic,
             )
+        server = self._start_metrics_server()
         consumer = make_consumer(t.kafka, t.group_id, self._consumer_overrides)
         producer = make_producer(t.kafka, self._producer_overrides)
-        server = self._start_metrics_server()
         consumer.subscribe(
             [t.input.topic],
             on_assign=self._on_assign,
@@ -296,7 +296,7 @@ class Agent:
             self._commit(consumer, asynchronous=True)
 
     def _commit(self, consumer: Consumer, *, asynchronous: bool) -> None:
-        self._raise_on_failures()
+        """Commit every fully acknowledged batch; then fail loudly if a delivery failed."""
         offsets = self._in_flight.pop_committable()
         owned = [
             TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self._assigned
@@ -305,6 +305,7 @@ class Agent:
             consumer.commit(offsets=owned, asynchronous=True)
         elif owned:
             consumer.commit(offsets=owned, asynchronous=False)
+        self._raise_on_failures()
 
     def _raise_on_failures(self) -> None:
         failures = self._in_flight.failed()
@@ -315,16 +316,15 @@ class Agent:
             )
 
     def _drain(self, consumer: Consumer, producer: Producer) -> None:
+        """Wait for in-flight records, commit what is acknowledged, leave the group."""
         try:
             remaining = producer.flush(DRAIN_TIMEOUT_S)
+            self._commit(consumer, asynchronous=False)
             if remaining:
-                log.error(
-                    "%d record(s) unacknowledged after %.0fs; their offsets stay uncommitted",
-                    remaining,
-                    DRAIN_TIMEOUT_S,
+                raise DeliveryFailed(
+                    f"{remaining} record(s) unacknowledged after {DRAIN_TIMEOUT_S:.0f}s; "
+                    "their input offsets stay uncommitted and will be served again"
                 )
-            else:
-                self._commit(consumer, asynchronous=False)
         finally:
             consumer.close()
 

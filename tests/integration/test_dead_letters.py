@@ -11,11 +11,17 @@ from typing import Any
 
 import fastavro
 import pytest
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, not in stubs
+    AdminClient,
+    NewTopic,
+)
 
 from streamer.codecs.avro import load_schema
 from streamer.demo.data import generate_transactions
+from streamer.errors import DeliveryFailed
+from streamer.kafka.admin import create_topics
 from streamer.sinks import DETAIL_HEADER, ERROR_HEADER
-from streamer.testing import RunningAgent, consume, produce
+from streamer.testing import RunningAgent, committed_offsets, consume, produce
 from tests.conftest import SCHEMAS, TopologyFactory
 from tests.onnx_models import write_tiny_model
 
@@ -119,3 +125,23 @@ def test_a_model_returning_nan_dead_letters_that_event_and_serves_the_rest(
     assert b"tiny" in dead.headers[DETAIL_HEADER]
     lake = consume(kafka, topology.lake.topic, 49)
     assert "e7" not in {json.loads(r.value or b"")["id"] for r in lake}
+
+
+def test_an_unacknowledged_record_stops_the_agent_and_its_batch_stays_uncommitted(
+    make_topology: TopologyFactory, kafka: str
+) -> None:
+    topology = make_topology(partitions=1, create=False)
+    admin = AdminClient({"bootstrap.servers": kafka})
+    # The broker refuses lake records: they are larger than this topic accepts.
+    tiny = NewTopic(topology.lake.topic, 1, 1, config={"max.message.bytes": "64"})
+    admin.create_topics([tiny])[topology.lake.topic].result()
+    create_topics(topology)
+    events = generate_transactions(20, seed=71)
+    produce(kafka, topology.input.topic, ((None, _avro(e)) for e in events))
+    with (
+        RunningAgent(topology) as running,
+        pytest.raises(DeliveryFailed, match="not acknowledged"),
+    ):
+        running.wait_until(10**9, timeout_s=60)
+    committed = committed_offsets(kafka, topology.group_id, topology.input.topic, 1)
+    assert committed[0] < 0, "a batch with a lost record must not be committed"
