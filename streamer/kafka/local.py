@@ -87,9 +87,15 @@ def start(broker: LocalKafka, timeout_s: float = START_TIMEOUT_S) -> StartResult
     """Start the broker unless it already runs; return once it answers a metadata request."""
     began = time.monotonic()
     pid = running_pid(broker)
-    if pid is not None and _answers(broker.bootstrap, 5.0):
-        return StartResult(broker.bootstrap, pid, True, 0.0)
-    if pid is None and _port_open(broker.port):
+    if pid is not None:
+        # Ours is already running (maybe still starting): wait for it, never start a second.
+        if _await_broker(broker, pid, began + timeout_s):
+            return StartResult(broker.bootstrap, pid, True, time.monotonic() - began)
+        raise LocalKafkaError(
+            f"the broker (pid {pid}) runs but does not answer at {broker.bootstrap}; "
+            f"see {broker.log_file}, or `streamer kafka stop` it"
+        )
+    if _port_open(broker.port):
         raise LocalKafkaError(
             f"port {broker.port} is in use by another process; choose another with --port"
         )
@@ -119,21 +125,25 @@ def start(broker: LocalKafka, timeout_s: float = START_TIMEOUT_S) -> StartResult
             start_new_session=True,
         )
     broker.pid_file.write_text(str(proc.pid))
-    deadline = began + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            broker.pid_file.unlink(missing_ok=True)
-            raise LocalKafkaError(
-                f"the broker exited during start-up (code {proc.returncode}); see {broker.log_file}"
-            )
-        if _port_open(broker.port) and _answers(broker.bootstrap, 2.0):
-            return StartResult(broker.bootstrap, proc.pid, False, time.monotonic() - began)
-        time.sleep(0.2)
+    if _await_broker(broker, proc.pid, began + timeout_s):
+        return StartResult(broker.bootstrap, proc.pid, False, time.monotonic() - began)
+    if not _alive(proc.pid):
+        broker.pid_file.unlink(missing_ok=True)
+        raise LocalKafkaError(f"the broker exited during start-up; see {broker.log_file}")
     _terminate(proc.pid, STOP_TIMEOUT_S)
     broker.pid_file.unlink(missing_ok=True)
     raise LocalKafkaError(
         f"the broker did not answer within {timeout_s:.0f}s; see {broker.log_file}"
     )
+
+
+def _await_broker(broker: LocalKafka, pid: int, deadline: float) -> bool:
+    """True once the broker answers; False when its process dies or the deadline passes."""
+    while time.monotonic() < deadline and _alive(pid):
+        if _port_open(broker.port) and _answers(broker.bootstrap, 2.0):
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def stop(broker: LocalKafka, timeout_s: float = STOP_TIMEOUT_S) -> bool:
