@@ -139,3 +139,19 @@ def test_run_fails_in_one_line_on_an_invalid_librdkafka_setting(
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no.such.setting" in lines[0], result.stderr
+
+
+def test_kafka_start_reports_a_broker_that_dies_during_start_up(tmp_path: Path) -> None:
+    port = _unused_port()
+    with socket.socket() as blocker:  # hold the controller port so the broker cannot bind it
+        blocker.bind(("127.0.0.1", port + 1))
+        blocker.listen()
+        result = _streamer("kafka", "start", "--port", str(port), "--data-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: the broker exited during start-up; see {tmp_path / 'server.log'}"
+    ]
+    assert (
+        _streamer("kafka", "status", "--port", str(port), "--data-dir", str(tmp_path)).returncode
+        == 1
+    )
