@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, Message, Producer, TopicPartition
 
 from streamer.batching import MicroBatcher
@@ -31,7 +32,7 @@ from streamer.kafka.clients import (
     missing_topics,
     wait_for_cluster,
 )
-from streamer.metrics import Metrics, MetricsServer
+from streamer.metrics import Metrics, MetricsServer, observe_many
 from streamer.models import Model, load_model
 from streamer.routing import Router
 from streamer.sinks import Headers, dead_letter_headers, lake_record
@@ -215,9 +216,10 @@ class Agent:
                 self._dead_letter(producer, batch, msg, "encode_failed", str(exc))
                 continue
             self._produce(producer, batch, self.topology.output.topic, msg.key(), value)
-            self.metrics.end_to_end_seconds.observe(max(now - ts_events[row] / 1000.0, 0.0))
             served[row] = out
         self.stats.served += len(served)
+        event_ms = np.fromiter((ts_events[row] for row in served), dtype=np.float64)
+        observe_many(self.metrics.end_to_end_seconds, np.maximum(now - event_ms / 1000.0, 0.0))
 
         latency_ms = round((now - fetched_at) * 1000.0, 3)
         for s in scores:

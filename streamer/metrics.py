@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -87,6 +88,25 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def observe_many(histogram: Histogram, amounts: np.ndarray) -> None:
+    """Observe every value of `amounts` at once: the same result as one `observe` per value.
+
+    Per-event observations were a tenth of the engine's time; this counts a batch per bucket
+    with numpy and increments each bucket once. It reaches into prometheus_client's
+    Histogram internals (`_upper_bounds`, `_buckets`, `_sum`, stable since 0.4), which a
+    unit test checks against `observe`.
+    """
+    if amounts.size == 0:
+        return
+    bounds = histogram._upper_bounds  # ascending, the last one +Inf
+    slots = np.searchsorted(np.asarray(bounds), amounts, side="left")  # first bound >= value
+    counts = np.bincount(slots, minlength=len(bounds))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=False):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(float(amounts.sum()))
 
 
 class MetricsServer:
