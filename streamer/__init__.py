@@ -1,0 +1,1 @@
+"""streamer: streaming ML inference on Apache Kafka (micro-batched ONNX, variants, lake)."""

@@ -1,0 +1,1 @@
+"""The demo: synthetic transactions, model training and the `streamer demo` runner."""

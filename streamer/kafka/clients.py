@@ -36,14 +36,14 @@ def make_consumer(kafka: KafkaSettings, group_id: str, overrides: Settings) -> C
     config = _base(
         kafka,
         {
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             **overrides,
         },
     )
-    config["group.id"] = group_id
+    # Not overridable: the agent's at-least-once guarantee rests on committing explicitly.
+    config.update(
+        {"group.id": group_id, "enable.auto.commit": False, "enable.auto.offset.store": False}
+    )
     return Consumer(config)
 
 
