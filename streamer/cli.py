@@ -78,6 +78,7 @@ def demo(
     except StreamerError as exc:
         _fail(str(exc))
     typer.echo(format_summary(summary))
+    typer.echo("Kafka keeps running for the next run; stop it with `streamer kafka stop`.")
 
 
 @app.command()
