@@ -135,6 +135,7 @@ def test_an_unacknowledged_record_stops_the_agent_and_its_batch_stays_uncommitte
     # The broker refuses lake records: they are larger than this topic accepts.
     tiny = NewTopic(topology.lake.topic, 1, 1, config={"max.message.bytes": "64"})
     admin.create_topics([tiny])[topology.lake.topic].result()
+    del admin  # the raised error's traceback would keep it (and its log lines) alive
     create_topics(topology)
     events = generate_transactions(20, seed=71)
     produce(kafka, topology.input.topic, ((None, _avro(e)) for e in events))
