@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from streamer.batching import MicroBatcher
 from streamer.codecs import DecodedBatch, EncodeError, decode_batch, make_decoder, make_encoder
@@ -43,6 +50,8 @@ CONNECT_TIMEOUT_S = 30.0
 """How long `run` waits for the cluster before it gives up with exit code 1."""
 DRAIN_TIMEOUT_S = 60.0
 """How long shutdown waits for in-flight records to be acknowledged."""
+COMMIT_RETRY_S = 10.0
+"""How long a hand-over or shutdown commit is retried (coordinator moves take seconds)."""
 LAG_INTERVAL_S = 2.0
 """How often streamer_consumer_lag is refreshed (from librdkafka's cached watermarks)."""
 
@@ -101,6 +110,8 @@ class Agent:
         self._stop = threading.Event()
         self._in_flight = InFlight()
         self._assigned: set[tuple[str, int]] = set()
+        self._served_to: dict[tuple[str, int], int] = {}
+        """Per input partition, the offset after the last event whose batch was acknowledged."""
         self._joined = False
         self._heartbeat = time.monotonic()
         self._lag_updated = 0.0
@@ -123,7 +134,9 @@ class Agent:
     def run(self) -> AgentStats:
         """Consume and serve until `stop()`; raises DeliveryFailed if records were lost."""
         t = self.topology
-        admin = wait_for_cluster(t.kafka, self._connect_timeout_s)
+        admin = wait_for_cluster(t.kafka, self._connect_timeout_s, self._stop.is_set)
+        if self._stop.is_set():  # stopped before the cluster answered: nothing to drain
+            return self.stats
         topics = [t.input.topic, t.output.topic, t.lake.topic, t.dead_letter.topic]
         missing = missing_topics(admin, topics, self._connect_timeout_s)
         if missing:
@@ -298,16 +311,36 @@ class Agent:
             self._commit(consumer, asynchronous=True)
 
     def _commit(self, consumer: Consumer, *, asynchronous: bool) -> None:
-        """Commit every fully acknowledged batch; then fail loudly if a delivery failed."""
-        offsets = self._in_flight.pop_committable()
+        """Commit every fully acknowledged batch; then fail loudly if a delivery failed.
+
+        Steady state commits asynchronously (a lost commit is superseded by the next one);
+        before a hand-over or exit every served position is committed again synchronously,
+        with retries, so a graceful stop repeats nothing.
+        """
+        fresh = self._in_flight.pop_committable()
+        self._served_to.update(fresh)
+        offsets = fresh if asynchronous else self._served_to
         owned = [
             TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self._assigned
         ]
         if owned and asynchronous:
             consumer.commit(offsets=owned, asynchronous=True)
         elif owned:
-            consumer.commit(offsets=owned, asynchronous=False)
+            self._commit_sync(consumer, owned)
         self._raise_on_failures()
+
+    def _commit_sync(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
+        deadline = time.monotonic() + COMMIT_RETRY_S
+        while True:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+                return
+            except KafkaException as exc:
+                # e.g. NOT_COORDINATOR while the group coordinator moves or loads
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("commit failed, retrying: %s", exc.args[0] if exc.args else exc)
+                time.sleep(0.2)
 
     def _raise_on_failures(self) -> None:
         failures = self._in_flight.failed()
@@ -351,6 +384,7 @@ class Agent:
     def _forget(self, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             self._assigned.discard((p.topic, p.partition))
+            self._served_to.pop((p.topic, p.partition), None)
             with contextlib.suppress(KeyError):  # never measured
                 self.metrics.consumer_lag.remove(str(p.partition))
 

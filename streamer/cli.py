@@ -107,7 +107,13 @@ def run(
         agent = Agent(loaded, connect_timeout_s=connect_timeout)
 
         def _stop(signum: int, _frame: FrameType | None) -> None:
-            logging.getLogger("streamer").info("%s: draining", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            logging.getLogger("streamer").info("%s: draining (send again to exit now)", name)
+            # The drain may sit in librdkafka (a hung broker) where Python handlers cannot run;
+            # the default action lets a second signal end the process at once. Offsets of
+            # unfinished batches stay uncommitted, so their events are simply served again.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             agent.stop()
 
         signal.signal(signal.SIGTERM, _stop)

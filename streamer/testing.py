@@ -106,11 +106,19 @@ def consume(
 def committed_offsets(bootstrap: str, group_id: str, topic: str, partitions: int) -> dict[int, int]:
     """The group's committed offset per partition (-1001 where none)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
+    deadline = time.monotonic() + 30
     try:
-        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], 30)
+        while True:
+            try:
+                tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], 10)
+                return {tp.partition: tp.offset for tp in tps}
+            except KafkaException:
+                # A fresh broker answers NOT_COORDINATOR while it loads the offsets topic.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         consumer.close()
-    return {tp.partition: tp.offset for tp in tps}
 
 
 class RunningAgent:

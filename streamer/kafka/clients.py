@@ -4,7 +4,8 @@ librdkafka logs routed to Python logging, and errors reported through one callba
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
@@ -67,19 +68,31 @@ def make_admin(kafka: KafkaSettings) -> AdminClient:
     return AdminClient(_base(kafka, {}))
 
 
-def wait_for_cluster(kafka: KafkaSettings, timeout_s: float) -> AdminClient:
-    """An admin client once the cluster answers a metadata request; else KafkaUnavailable."""
+def wait_for_cluster(
+    kafka: KafkaSettings, timeout_s: float, cancelled: Callable[[], bool] = lambda: False
+) -> AdminClient:
+    """An admin client once the cluster answers a metadata request; else KafkaUnavailable.
+
+    Asks in slices of at most a second, so signal handlers run and `cancelled` is honoured
+    while a broker is still unreachable.
+    """
     admin = make_admin(kafka)
-    try:
-        metadata = admin.list_topics(timeout=timeout_s)
-    except KafkaException:
-        metadata = None
-    if metadata is None or not metadata.brokers:
-        raise KafkaUnavailable(
-            f"cannot reach Kafka at {kafka.bootstrap_servers} within {timeout_s:.0f}s "
-            "(check kafka.bootstrap_servers or $STREAMER_BOOTSTRAP_SERVERS)"
-        )
-    return admin
+    deadline = time.monotonic() + timeout_s
+    while not cancelled():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            if admin.list_topics(timeout=min(remaining, 1.0)).brokers:
+                return admin
+        except KafkaException:  # not reachable yet
+            time.sleep(0.05)
+    if cancelled():
+        return admin
+    raise KafkaUnavailable(
+        f"cannot reach Kafka at {kafka.bootstrap_servers} within {timeout_s:.0f}s "
+        "(check kafka.bootstrap_servers or $STREAMER_BOOTSTRAP_SERVERS)"
+    )
 
 
 def missing_topics(admin: AdminClient, topics: Sequence[str], timeout_s: float) -> list[str]:
