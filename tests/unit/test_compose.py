@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from streamer.cli import app
 from streamer.config import BOOTSTRAP_ENV, Topology, load_topology
 from streamer.demo.train import DEMO_MODELS
+from streamer.kafka.local import KAFKA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -378,7 +379,7 @@ def test_kafka_image_is_apache_kafka_with_a_pinned_tag(services: dict[str, dict[
     repo, _, tag = image.partition(":")
     assert repo == "apache/kafka"
     assert re.fullmatch(r"\d+\.\d+\.\d+", tag), f"pin a release tag, not {tag or 'latest'!r}"
-    assert int(tag.split(".")[0]) >= 4, "KRaft-only Kafka 4.x, like `streamer kafka start`"
+    assert tag == KAFKA_VERSION, "Docker users and `streamer kafka start` run the same release"
 
 
 def test_kafka_is_a_single_node_kraft_cluster(kafka_env: dict[str, str]) -> None:
