@@ -19,7 +19,6 @@ import numpy as np
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
-    KafkaException,
     Message,
     Producer,
     TopicPartition,
@@ -37,6 +36,7 @@ from streamer.kafka.clients import (
     make_consumer,
     make_producer,
     missing_topics,
+    retrying,
     wait_for_cluster,
 )
 from streamer.metrics import Metrics, MetricsServer, observe_many
@@ -326,21 +326,8 @@ class Agent:
         if owned and asynchronous:
             consumer.commit(offsets=owned, asynchronous=True)
         elif owned:
-            self._commit_sync(consumer, owned)
+            retrying(lambda: consumer.commit(offsets=owned, asynchronous=False), COMMIT_RETRY_S)
         self._raise_on_failures()
-
-    def _commit_sync(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
-        deadline = time.monotonic() + COMMIT_RETRY_S
-        while True:
-            try:
-                consumer.commit(offsets=offsets, asynchronous=False)
-                return
-            except KafkaException as exc:
-                # e.g. NOT_COORDINATOR while the group coordinator moves or loads
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("commit failed, retrying: %s", exc.args[0] if exc.args else exc)
-                time.sleep(0.2)
 
     def _raise_on_failures(self) -> None:
         failures = self._in_flight.failed()

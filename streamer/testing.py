@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from streamer.agent import Agent, AgentStats, coordinates
 from streamer.config import Topology
+from streamer.kafka.clients import retrying
 
 Headers = list[tuple[str, bytes]]
 
@@ -106,19 +107,12 @@ def consume(
 def committed_offsets(bootstrap: str, group_id: str, topic: str, partitions: int) -> dict[int, int]:
     """The group's committed offset per partition (-1001 where none)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
-    deadline = time.monotonic() + 30
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
     try:
-        while True:
-            try:
-                tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], 10)
-                return {tp.partition: tp.offset for tp in tps}
-            except KafkaException:
-                # A fresh broker answers NOT_COORDINATOR while it loads the offsets topic.
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        committed = retrying(lambda: consumer.committed(tps, 10), 30.0)
     finally:
         consumer.close()
+    return {tp.partition: tp.offset for tp in committed}
 
 
 class RunningAgent:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import fastavro
 import numpy as np
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from streamer.agent import Agent, AgentStats
 from streamer.codecs.avro import load_schema
@@ -29,7 +29,7 @@ from streamer.demo.data import generate_transactions
 from streamer.demo.train import ensure_models
 from streamer.errors import KafkaUnavailable, StreamerError
 from streamer.kafka.admin import create_topics
-from streamer.kafka.clients import make_producer, wait_for_cluster
+from streamer.kafka.clients import make_producer, retrying, wait_for_cluster
 from streamer.kafka.local import LocalKafka, start
 from streamer.validate import validate
 
@@ -179,20 +179,15 @@ def _end_offsets(topology: Topology) -> dict[int, int]:
     """Where this run's outputs will start, per partition of the output topic."""
     consumer = _reader(topology)
     topic = topology.output.topic
-    deadline = time.monotonic() + 30
     try:
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        while True:
-            try:
-                return {
-                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                    for p in partitions
-                }
-            except KafkaException:
-                # A just-created partition's leader may not serve offsets for a moment yet.
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        return retrying(
+            lambda: {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in partitions
+            },
+            30.0,
+        )
     finally:
         consumer.close()
 

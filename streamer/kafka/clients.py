@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
@@ -18,6 +18,24 @@ log = logging.getLogger("streamer.kafka")
 _librdkafka_log = logging.getLogger("streamer.kafka.librdkafka")
 
 Settings = Mapping[str, str | int | float | bool]
+T = TypeVar("T")
+
+
+def retrying(call: Callable[[], T], timeout_s: float) -> T:
+    """`call()` again until it stops raising KafkaException or `timeout_s` has passed.
+
+    For requests that fail for a moment on a healthy cluster: offsets of a just-created
+    partition, a group coordinator that is loading or moving (NOT_COORDINATOR).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.debug("retrying: %s", exc.args[0] if exc.args else exc)
+            time.sleep(0.2)
 
 
 def _error_cb(err: KafkaError) -> None:
