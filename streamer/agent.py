@@ -11,7 +11,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -350,7 +350,9 @@ class Agent:
         finally:
             consumer.close()
 
-    def _revoker(self, consumer: Consumer, producer: Producer) -> Any:
+    def _revoker(
+        self, consumer: Consumer, producer: Producer
+    ) -> Callable[[Consumer, list[TopicPartition]], None]:
         def on_revoke(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
             # Hand partitions over with everything served so far committed, so the next
             # owner does not serve it again.
