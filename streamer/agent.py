@@ -32,15 +32,15 @@ from streamer.errors import DeliveryFailed, StreamerError
 from streamer.inference import Scorer, VariantScores
 from streamer.kafka.clients import (
     KafkaBatchSource,
-    Settings,
     make_consumer,
     make_producer,
     missing_topics,
+    produce,
     retrying,
     wait_for_cluster,
 )
 from streamer.metrics import Metrics, MetricsServer, observe_many
-from streamer.models import Model, load_model
+from streamer.models import Model, load_variant_models
 from streamer.routing import Router
 from streamer.sinks import Headers, dead_letter_headers, lake_record
 
@@ -70,42 +70,35 @@ class AgentStats:
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
 
-def load_models(topology: Topology) -> dict[str, Model]:
-    """Every variant's model, checked against the topology's features and outputs."""
-    return {
-        v.name: load_model(v.model, len(topology.features), topology.outputs, v.version)
-        for v in topology.variants
-    }
-
-
 class Agent:
     """Serves one topology until `stop()`; see the module docstring for the guarantees."""
 
     def __init__(
         self,
         topology: Topology,
+        models: Mapping[str, Model] | None = None,
         *,
-        metrics: Metrics | None = None,
-        consumer_overrides: Settings | None = None,
-        producer_overrides: Settings | None = None,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
+        """`models` are the variants' loaded models (from `validate`); loaded here if None."""
         if topology.guarantee == "exactly_once":
             raise StreamerError(
                 f"{topology.source}: guarantee: exactly_once is not available in this version; "
                 "use at_least_once"
             )
+        if models is None:
+            models, errors = load_variant_models(topology)
+            if errors:
+                raise next(iter(errors.values()))
         self.topology = topology
-        self.metrics = metrics or Metrics()
-        self.models = load_models(topology)
+        self.metrics = Metrics()
+        self.models = dict(models)
         self.router = Router(topology.served_weights())
         self.scorer = Scorer(self.models, self.router, [v.name for v in topology.shadows])
         self.decoder = make_decoder(topology.input.format, topology.input.schema_)
         self.output_encoder = make_encoder(topology.output.format, topology.output.schema_)
         self.lake_encoder = make_encoder(topology.lake.format, topology.lake.schema_)
         self.stats = AgentStats()
-        self._consumer_overrides = dict(consumer_overrides or {})
-        self._producer_overrides = dict(producer_overrides or {})
         self._connect_timeout_s = connect_timeout_s
         self._stop = threading.Event()
         self._in_flight = InFlight()
@@ -137,8 +130,7 @@ class Agent:
         admin = wait_for_cluster(t.kafka, self._connect_timeout_s, self._stop.is_set)
         if self._stop.is_set():  # stopped before the cluster answered: nothing to drain
             return self.stats
-        topics = [t.input.topic, t.output.topic, t.lake.topic, t.dead_letter.topic]
-        missing = missing_topics(admin, topics, self._connect_timeout_s)
+        missing = missing_topics(admin, t.agent_topics(), self._connect_timeout_s)
         if missing:
             raise StreamerError(
                 f"{t.source}: topic(s) {', '.join(missing)} do not exist; "
@@ -151,8 +143,9 @@ class Agent:
                 t.routing.control_topic,
             )
         server = self._start_metrics_server()
-        consumer = make_consumer(t.kafka, t.group_id, self._consumer_overrides)
-        producer = make_producer(t.kafka, self._producer_overrides)
+        log.info("cluster settings: %s", t.kafka.redacted())
+        consumer = make_consumer(t.kafka, t.group_id)
+        producer = make_producer(t.kafka, {})
         consumer.subscribe(
             [t.input.topic],
             on_assign=self._on_assign,
@@ -297,13 +290,8 @@ class Agent:
         *,
         headers: Headers | None = None,
     ) -> None:
-        while True:
-            try:
-                producer.produce(topic, value, key, headers=headers, on_delivery=batch.on_delivery)
-                batch.sent()
-                return
-            except BufferError:  # the local queue is full: let deliveries drain it
-                producer.poll(0.05)
+        produce(producer, topic, value, key, headers=headers, on_delivery=batch.on_delivery)
+        batch.sent()
 
     def _wait_for_room(self, consumer: Consumer, producer: Producer) -> None:
         while len(self._in_flight) >= self.topology.batching.max_in_flight_batches:

@@ -3,9 +3,11 @@ become one line on stderr and exit code 1, usage errors exit 2."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, NoReturn
@@ -18,6 +20,7 @@ from streamer.config import Topology, load_topology
 from streamer.errors import StreamerError
 from streamer.kafka.admin import create_topics
 from streamer.kafka.local import LocalKafka, start, status, stop
+from streamer.models import Model
 from streamer.validate import validate as check
 
 app = typer.Typer(
@@ -44,14 +47,25 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def _validated(topology: Path) -> Topology:
-    """The loaded topology, or every problem on stderr (one line each) and exit 1."""
-    loaded, problems = check(topology)
-    for p in problems:
+@contextlib.contextmanager
+def _user_errors(source: Path | None = None) -> Iterator[None]:
+    """Errors a user can cause become one line on stderr and exit 1; bugs still raise."""
+    try:
+        yield
+    except StreamerError as exc:
+        _fail(str(exc))
+    except KafkaException as exc:  # e.g. an invalid librdkafka setting or failed authentication
+        _fail(f"{source}: Kafka: {exc.args[0] if exc.args else exc}")
+
+
+def _validated(topology: Path) -> tuple[Topology, dict[str, Model]]:
+    """The loaded topology and models, or every problem on stderr (one line each) and exit 1."""
+    result = check(topology)
+    for p in result.problems:
         typer.echo(f"error: {p}", err=True)
-    if problems or loaded is None:
+    if result.problems or result.topology is None:
         raise typer.Exit(1)
-    return loaded
+    return result.topology, result.models
 
 
 def _setup_logging(level: str) -> None:
@@ -73,10 +87,8 @@ def demo(
     from streamer.demo.runner import format_summary, run_demo  # noqa: PLC0415
 
     _setup_logging("warning")
-    try:
+    with _user_errors(topology):
         summary = run_demo(topology, events, rate, typer.echo)
-    except StreamerError as exc:
-        _fail(str(exc))
     typer.echo(format_summary(summary))
     typer.echo("Kafka keeps running for the next run; stop it with `streamer kafka stop`.")
 
@@ -84,7 +96,7 @@ def demo(
 @app.command()
 def validate(topology: TopologyArg) -> None:
     """Load config, schemas and models; check shapes and names; exit 1 listing each problem."""
-    loaded = _validated(topology)
+    loaded, _ = _validated(topology)
     variants = ", ".join(v.name + (" (shadow)" if v.shadow else "") for v in loaded.variants)
     typer.echo(
         f"{topology}: ok: {loaded.name}: {len(loaded.features)} features, variants {variants}"
@@ -100,11 +112,10 @@ def run(
     ] = 30.0,
 ) -> None:
     """Run an agent until SIGTERM/SIGINT; then finish the batch, flush, commit and exit 0."""
-
     _setup_logging(log_level)
-    loaded = _validated(topology)
-    try:
-        agent = Agent(loaded, connect_timeout_s=connect_timeout)
+    loaded, models = _validated(topology)
+    with _user_errors(topology):
+        agent = Agent(loaded, models, connect_timeout_s=connect_timeout)
 
         def _stop(signum: int, _frame: FrameType | None) -> None:
             name = signal.Signals(signum).name
@@ -119,10 +130,6 @@ def run(
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         stats = agent.run()
-    except StreamerError as exc:
-        _fail(str(exc))
-    except KafkaException as exc:  # e.g. an invalid librdkafka setting or failed authentication
-        _fail(f"{topology}: Kafka: {exc.args[0] if exc.args else exc}")
     typer.echo(
         f"stopped: {stats.consumed} consumed, {stats.served} served, "
         f"{stats.dead_letters} dead letters, {stats.batches} batches",
@@ -139,14 +146,8 @@ def topics_create(
     replication_factor: Annotated[int | None, typer.Option(min=1)] = None,
 ) -> None:
     """Create the topology's topics; existing ones are left alone."""
-
-    try:
-        loaded = load_topology(topology)
-        results = create_topics(loaded, partitions, replication_factor)
-    except StreamerError as exc:
-        _fail(str(exc))
-    except KafkaException as exc:
-        _fail(f"{topology}: Kafka: {exc.args[0] if exc.args else exc}")
+    with _user_errors(topology):
+        results = create_topics(load_topology(topology), partitions, replication_factor)
     for r in results:
         typer.echo(f"{r.topic}: {'created' if r.created else 'exists'} ({r.partitions} partitions)")
 
@@ -154,11 +155,8 @@ def topics_create(
 @kafka_app.command("start")
 def kafka_start(port: PortOpt = 9092, data_dir: DataDirOpt = None) -> None:
     """Start the local broker (Apache Kafka jars via Maven, KRaft, one node)."""
-
-    try:
+    with _user_errors():
         result = start(LocalKafka(port=port, data_dir=data_dir))
-    except StreamerError as exc:
-        _fail(str(exc))
     if result.already_running:
         typer.echo(f"Kafka already running at {result.bootstrap} (pid {result.pid})")
     else:
@@ -168,7 +166,6 @@ def kafka_start(port: PortOpt = 9092, data_dir: DataDirOpt = None) -> None:
 @kafka_app.command("stop")
 def kafka_stop(port: PortOpt = 9092, data_dir: DataDirOpt = None) -> None:
     """Stop the local broker."""
-
     stopped = stop(LocalKafka(port=port, data_dir=data_dir))
     typer.echo("Kafka stopped" if stopped else "Kafka was not running")
 
@@ -176,7 +173,6 @@ def kafka_stop(port: PortOpt = 9092, data_dir: DataDirOpt = None) -> None:
 @kafka_app.command("status")
 def kafka_status(port: PortOpt = 9092, data_dir: DataDirOpt = None) -> None:
     """Exit 0 when the local broker answers, 1 when it is down."""
-
     broker = LocalKafka(port=port, data_dir=data_dir)
     up, pid = status(broker)
     if not up:

@@ -269,9 +269,13 @@ class Topology(_Model):
             return {served[0].name: 1.0}
         return {v.name: v.weight / total for v in served}
 
+    def agent_topics(self) -> list[str]:
+        """The topics an agent reads and writes: input, output, lake, dead letters."""
+        return [self.input.topic, self.output.topic, self.lake.topic, self.dead_letter.topic]
+
     def all_topics(self) -> list[str]:
         """Every topic this topology reads or writes."""
-        topics = [self.input.topic, self.output.topic, self.lake.topic, self.dead_letter.topic]
+        topics = self.agent_topics()
         if self.routing.control_topic:
             topics.append(self.routing.control_topic)
         if self.bandit is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from streamer.config import Topology
 from streamer.errors import StreamerError
 
 
@@ -108,3 +109,18 @@ def load_model(
                 f"{str(exc).splitlines()[0][:200]}"
             ) from None
     return model
+
+
+def load_variant_models(topology: Topology) -> tuple[dict[str, Model], dict[int, ModelError]]:
+    """Every variant's model checked against the topology's features and outputs, and the
+    error of each variant (by index in `variants`) whose model cannot serve it."""
+    models: dict[str, Model] = {}
+    errors: dict[int, ModelError] = {}
+    for i, variant in enumerate(topology.variants):
+        try:
+            models[variant.name] = load_model(
+                variant.model, len(topology.features), topology.outputs, variant.version
+            )
+        except ModelError as exc:
+            errors[i] = exc
+    return models, errors

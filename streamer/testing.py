@@ -1,11 +1,12 @@
-"""Helpers for testing topologies against a real broker (used by streamer's own tests too)."""
+"""Run and observe topologies in-process against a real broker: for users' tests of their
+own topologies, streamer's tests and the demo."""
 
 from __future__ import annotations
 
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -13,9 +14,9 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from streamer.agent import Agent, AgentStats, coordinates
 from streamer.config import Topology
+from streamer.kafka.clients import produce as produce_one
 from streamer.kafka.clients import retrying
-
-Headers = list[tuple[str, bytes]]
+from streamer.models import Model
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,6 @@ def produce(
     bootstrap: str,
     topic: str,
     items: Iterable[tuple[bytes | None, bytes | None]],
-    partition: int | None = None,
 ) -> int:
     """Produce (key, value) pairs and wait until all are acknowledged; returns the count."""
     producer = Producer(
@@ -48,17 +48,7 @@ def produce(
 
     n = 0
     for key, value in items:
-        while True:
-            try:
-                if partition is None:
-                    producer.produce(topic, value, key, on_delivery=on_delivery)
-                else:
-                    producer.produce(
-                        topic, value, key, partition=partition, on_delivery=on_delivery
-                    )
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_one(producer, topic, value, key, on_delivery=on_delivery)
         n += 1
     if producer.flush(60) or errors:
         raise RuntimeError(f"produce to {topic} failed: {errors[:3]}")
@@ -118,8 +108,8 @@ def committed_offsets(bootstrap: str, group_id: str, topic: str, partitions: int
 class RunningAgent:
     """Runs an Agent in a background thread: `with RunningAgent(topology) as agent: ...`."""
 
-    def __init__(self, topology: Topology, **agent_kwargs: object) -> None:
-        self.agent = Agent(topology, **agent_kwargs)  # type: ignore[arg-type]
+    def __init__(self, topology: Topology, models: Mapping[str, Model] | None = None) -> None:
+        self.agent = Agent(topology, models)
         self.stats: AgentStats | None = None
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="agent", daemon=True)
@@ -171,7 +161,3 @@ class RunningAgent:
 def unique(prefix: str) -> str:
     """A topic or topology name no other test uses."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def header_values(records: Sequence[Record], name: str) -> list[str]:
-    return [r.headers.get(name, b"").decode() for r in records]

@@ -2,35 +2,40 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from streamer.codecs.avro import load_schema, record_fields
 from streamer.config import Topology, load_topology
 from streamer.errors import ConfigError, ConfigErrors
-from streamer.models import Model, ModelError, load_model
+from streamer.models import Model, load_variant_models
 
 NUMERIC_AVRO = {"int", "long", "float", "double"}
 OUTPUT_FIELDS = ("id", "variant", "model_version", "ts_event", "ts_predicted")
 LAKE_FIELDS = (*OUTPUT_FIELDS, "shadow", "features", "latency_ms", "topology", "propensity")
 
 
-def validate(path: str | Path) -> tuple[Topology | None, list[ConfigError]]:
+@dataclass(frozen=True)
+class Validation:
+    """A topology with its loaded models, or what is wrong with it."""
+
+    topology: Topology | None
+    """None when the file itself could not be loaded."""
+    models: dict[str, Model] = field(default_factory=dict)
+    """Variant -> loaded model (reused by the agent, so models load once)."""
+    problems: list[ConfigError] = field(default_factory=list)
+
+
+def validate(path: str | Path) -> Validation:
     """Load the topology and check schemas and models against it; never raises for user errors."""
     try:
         topology = load_topology(path)
     except ConfigErrors as exc:
-        return None, exc.errors
+        return Validation(None, problems=exc.errors)
     shown = str(path)
-    problems: list[ConfigError] = []
-    models: dict[str, Model] = {}
-    for i, variant in enumerate(topology.variants):
-        try:
-            models[variant.name] = load_model(
-                variant.model, len(topology.features), topology.outputs, variant.version
-            )
-        except ModelError as exc:
-            problems.append(ConfigError(shown, f"variants[{i}].model", str(exc)))
+    models, errors = load_variant_models(topology)
+    problems = [ConfigError(shown, f"variants[{i}].model", str(e)) for i, e in errors.items()]
     problems += _check_outputs_agree(shown, models)
     if topology.input.format == "avro":
         problems += _check_input_schema(shown, topology)
@@ -41,7 +46,7 @@ def validate(path: str | Path) -> tuple[Topology | None, list[ConfigError]]:
     ):
         if sink.format == "avro" and sink.schema_ is not None:
             problems += _check_sink_schema(shown, key, sink.schema_, (*required, *outputs))
-    return topology, problems
+    return Validation(topology, models, problems)
 
 
 def _check_outputs_agree(shown: str, models: dict[str, Model]) -> list[ConfigError]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from streamer.codecs.avro import AvroEncoder
 from streamer.config import Topology, load_topology
 from streamer.kafka.admin import create_topics
 from streamer.kafka.local import LocalKafka, start, stop
@@ -44,6 +45,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 TopologyFactory = Callable[..., Topology]
+KafkaItems = list[tuple[bytes | None, bytes | None]]
+
+TRANSACTION = AvroEncoder(SCHEMAS / "transaction.avsc")
+"""Encodes demo transactions as the demo topology's input expects them."""
+
+
+def keyed_transactions(events: Sequence[Mapping[str, Any]]) -> KafkaItems:
+    """(event id, Avro value) pairs, ready for `streamer.testing.produce`."""
+    return [(str(e["id"]).encode(), TRANSACTION.encode(e)) for e in events]
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,6 @@ end-to-end latency and the variant split.
 
 from __future__ import annotations
 
-import io
-import json
 import random
 import threading
 import time
@@ -18,19 +16,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import fastavro
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
-from streamer.agent import Agent, AgentStats
-from streamer.codecs.avro import load_schema
+from streamer.agent import Agent
+from streamer.codecs import make_decoder, make_encoder
 from streamer.config import Topology, load_topology
 from streamer.demo.data import generate_transactions
 from streamer.demo.train import ensure_models
-from streamer.errors import KafkaUnavailable, StreamerError
+from streamer.errors import StreamerError
 from streamer.kafka.admin import create_topics
-from streamer.kafka.clients import make_producer, retrying, wait_for_cluster
-from streamer.kafka.local import LocalKafka, start
+from streamer.kafka.clients import make_consumer, make_producer, produce, retrying
+from streamer.kafka.local import LocalKafka, answers, start
+from streamer.testing import RunningAgent
 from streamer.validate import validate
 
 GARBAGE_SHARE = 0.01
@@ -58,19 +56,22 @@ def run_demo(
             f"{topology_path}: not found; run the demo from the repository root or pass --topology"
         )
     topology = load_topology(topology_path)
-    model_dirs = {v.model.parent for v in topology.variants}
-    for directory in sorted(model_dirs):
-        missing = [v.model.name for v in topology.variants if not v.model.exists()]
+    for directory in sorted({v.model.parent for v in topology.variants}):
+        missing = [
+            v.model.name
+            for v in topology.variants
+            if v.model.parent == directory and not v.model.exists()
+        ]
         if missing:
             echo(f"training demo models into {directory} ({', '.join(missing)}) ...")
-        ensure_models(directory)
-    _, problems = validate(topology_path)
-    if problems:
-        raise StreamerError(str(problems[0]))
+            ensure_models(directory)
+    validation = validate(topology_path)
+    if validation.problems:
+        raise StreamerError(str(validation.problems[0]))
 
-    if _is_local(topology.kafka.bootstrap_servers) and not _answers(topology):
-        broker = LocalKafka(port=int(topology.kafka.bootstrap_servers.rsplit(":", 1)[1]))
-        result = start(broker)
+    bootstrap = topology.kafka.bootstrap_servers
+    if _is_local(bootstrap) and not answers(bootstrap, 3.0):
+        result = start(LocalKafka(port=int(bootstrap.rsplit(":", 1)[1])))
         echo(
             f"Kafka {'already running' if result.already_running else 'started'} at "
             f"{result.bootstrap}"
@@ -79,45 +80,29 @@ def run_demo(
         echo(f"topic {t.topic}: {'created' if t.created else 'exists'} ({t.partitions} partitions)")
 
     start_offsets = _end_offsets(topology)
-    agent = Agent(topology)
-    runner = threading.Thread(target=_run_agent, args=(agent,), daemon=True)
     errors: list[BaseException] = []
-    runner.start()
     producer = threading.Thread(
         target=_produce_events, args=(topology, events, rate, errors), daemon=True
     )
-    began = time.monotonic()
-    producer.start()
-    _live_view(agent.stats, events, began, echo, errors)
-    agent.stop()
-    runner.join(120)
+    with RunningAgent(topology, validation.models) as running:
+        began = time.monotonic()
+        producer.start()
+        _live_view(running, events, began, echo, errors)
+        running.stop()
     if errors:
         raise StreamerError(f"demo failed: {errors[0]}")
-    return _summarise(topology, agent, events, start_offsets, time.monotonic() - began)
-
-
-def _run_agent(agent: Agent) -> None:
-    agent.run()
-
-
-def _answers(topology: Topology) -> bool:
-    try:
-        wait_for_cluster(topology.kafka, 3.0)
-    except KafkaUnavailable:
-        return False
-    return True
+    return _summarise(topology, running.agent, events, start_offsets, time.monotonic() - began)
 
 
 def _is_local(bootstrap: str) -> bool:
-    host = bootstrap.split(",", maxsplit=1)[0].rsplit(":", 1)[0]
+    host = bootstrap.rsplit(":", 1)[0]
     return host in ("localhost", "127.0.0.1") and "," not in bootstrap
 
 
 def _produce_events(topology: Topology, n: int, rate: float, errors: list[BaseException]) -> None:
     """Stream `n` events at `rate` per second, GARBAGE_SHARE of them broken."""
     try:
-        assert topology.input.schema_ is not None, "the demo topology reads Avro"
-        schema = load_schema(topology.input.schema_)
+        encoder = make_encoder(topology.input.format, topology.input.schema_)
         producer = make_producer(topology.kafka, {"linger.ms": 1})
         run = time.strftime("%H%M%S")
         rng = random.Random(run)  # noqa: S311 - demo garbage, not security
@@ -128,18 +113,11 @@ def _produce_events(topology: Topology, n: int, rate: float, errors: list[BaseEx
             if rng.random() < GARBAGE_SHARE:
                 value = rng.randbytes(rng.randint(0, 12))
             else:
-                buf = io.BytesIO()
-                fastavro.schemaless_writer(buf, schema, event)
-                value = buf.getvalue()
+                value = encoder.encode(event)
             ahead = sent / rate - (time.monotonic() - began)
             if ahead > 0.001:
                 producer.poll(ahead)
-            while True:
-                try:
-                    producer.produce(topology.input.topic, value, str(event["id"]).encode())
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce(producer, topology.input.topic, value, str(event["id"]).encode())
         if producer.flush(60):
             raise StreamerError("demo events were not all acknowledged within 60 s")
     except BaseException as exc:  # reported by the live view
@@ -147,15 +125,17 @@ def _produce_events(topology: Topology, n: int, rate: float, errors: list[BaseEx
 
 
 def _live_view(
-    stats: AgentStats,
+    running: RunningAgent,
     events: int,
     began: float,
     echo: Callable[[str], None],
     errors: list[BaseException],
 ) -> None:
+    """A progress line a second until every event is served or something failed."""
+    stats = running.agent.stats
     last_done, last_t = 0, began
     deadline = began + max(events / 500.0, 120.0)
-    while time.monotonic() < deadline and not errors:
+    while time.monotonic() < deadline and not errors and running.error is None:
         time.sleep(1.0)
         done = stats.served + stats.dead_letters
         now = time.monotonic()
@@ -167,7 +147,7 @@ def _live_view(
         last_done, last_t = done, now
         if done >= events:
             return
-    if not errors:
+    if not errors and running.error is None:
         errors.append(
             TimeoutError(
                 f"only {stats.served + stats.dead_letters} of {events} events were served in time"
@@ -193,20 +173,19 @@ def _end_offsets(topology: Topology) -> dict[int, int]:
 
 
 def _reader(topology: Topology) -> Consumer:
-    return Consumer(
-        {
-            **topology.kafka.client_config(),
-            "group.id": "streamer-demo-reader",
-            "enable.auto.commit": False,
-        }
-    )
+    return make_consumer(topology.kafka, "streamer-demo-reader")  # assign()ed, never commits
 
 
 def _summarise(
-    topology: Topology, agent: Agent, events: int, start: dict[int, int], seconds: float
+    topology: Topology,
+    agent: Agent,
+    events: int,
+    start: dict[int, int],
+    seconds: float,
 ) -> DemoSummary:
     """Read back this run's outputs for exact latency and the served variant split."""
     stats = agent.stats
+    decoder = make_decoder(topology.output.format, topology.output.schema_)
     consumer = _reader(topology)
     consumer.assign([TopicPartition(topology.output.topic, p, o) for p, o in start.items()])
     latencies: list[int] = []
@@ -216,7 +195,7 @@ def _summarise(
         for msg in consumer.consume(1000, 0.5):
             if msg.error():
                 continue
-            value = json.loads(msg.value() or b"{}")
+            value = decoder.decode(msg.value())
             latencies.append(value["ts_predicted"] - value["ts_event"])
             variants[value["variant"]] += 1
     consumer.close()

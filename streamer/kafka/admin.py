@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, not in stubs
     AdminClient,
+    ClusterMetadata,
     NewTopic,
 )
 
@@ -46,22 +47,24 @@ def create_topics(
             count = 1
         new.append(NewTopic(topic, num_partitions=count, replication_factor=rf, config=config))
     futures = admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)
-    results = []
-    _wait_for_leaders(admin, [spec.topic for spec in new], timeout_s)
+    created = {}
     for spec in new:
-        created = True
         try:
             futures[spec.topic].result()
+            created[spec.topic] = True
         except KafkaException as exc:
             err = exc.args[0]
             if not isinstance(err, KafkaError) or err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise StreamerError(f"cannot create topic {spec.topic}: {err}") from None
-            created = False
-        results.append(TopicResult(spec.topic, created, _partitions(admin, spec.topic)))
-    return results
+            created[spec.topic] = False
+    metadata = _wait_for_leaders(admin, list(created), timeout_s)
+    return [
+        TopicResult(topic, was_created, len(metadata.topics[topic].partitions))
+        for topic, was_created in created.items()
+    ]
 
 
-def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout_s: float) -> None:
+def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout_s: float) -> ClusterMetadata:
     """New topics answer produce and offset requests only once every partition has a leader."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -74,14 +77,9 @@ def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout_s: float) -
             or any(p.leader < 0 for p in metadata.topics[t].partitions.values())
         ]
         if not pending:
-            return
+            return metadata
         if time.monotonic() > deadline:
             raise StreamerError(
                 f"topic(s) {', '.join(pending)} have no leader after {timeout_s:.0f}s"
             )
         time.sleep(0.1)
-
-
-def _partitions(admin: AdminClient, topic: str) -> int:
-    metadata = admin.list_topics(topic=topic, timeout=ADMIN_TIMEOUT_S)
-    return len(metadata.topics[topic].partitions)

@@ -50,15 +50,9 @@ def _base(kafka: KafkaSettings, overrides: Settings) -> dict[str, Any]:
     return {"error_cb": _error_cb, "logger": _librdkafka_log, **overrides, **kafka.client_config()}
 
 
-def make_consumer(kafka: KafkaSettings, group_id: str, overrides: Settings) -> Consumer:
+def make_consumer(kafka: KafkaSettings, group_id: str) -> Consumer:
     """A consumer in `group_id`; offsets are stored and committed only by the caller."""
-    config = _base(
-        kafka,
-        {
-            "auto.offset.reset": "earliest",
-            **overrides,
-        },
-    )
+    config = _base(kafka, {"auto.offset.reset": "earliest"})
     # Not overridable: the agent's at-least-once guarantee rests on committing explicitly.
     config.update(
         {"group.id": group_id, "enable.auto.commit": False, "enable.auto.offset.store": False}
@@ -82,6 +76,24 @@ def make_producer(kafka: KafkaSettings, overrides: Settings) -> Producer:
     )
 
 
+def produce(
+    producer: Producer,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None,
+    *,
+    headers: list[tuple[str, str | bytes | None]] | None = None,
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+) -> None:
+    """`producer.produce`, waiting (serving delivery reports) while its local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 def make_admin(kafka: KafkaSettings) -> AdminClient:
     return AdminClient(_base(kafka, {}))
 
@@ -91,8 +103,8 @@ def wait_for_cluster(
 ) -> AdminClient:
     """An admin client once the cluster answers a metadata request; else KafkaUnavailable.
 
-    Asks in slices of at most a second, so signal handlers run and `cancelled` is honoured
-    while a broker is still unreachable.
+    Asks in slices of at most a second, so signal handlers run while a broker is still
+    unreachable; once `cancelled()` is true it returns the (unconnected) client at once.
     """
     admin = make_admin(kafka)
     deadline = time.monotonic() + timeout_s

@@ -70,10 +70,6 @@ class LocalKafka:
     def log_file(self) -> Path:
         return self.home / "server.log"
 
-    @property
-    def jars(self) -> Path:
-        return cache_dir() / f"kafka-{self.version}" / "libs"
-
 
 @dataclass(frozen=True)
 class StartResult:
@@ -140,7 +136,7 @@ def start(broker: LocalKafka, timeout_s: float = START_TIMEOUT_S) -> StartResult
 def _await_broker(broker: LocalKafka, pid: int, deadline: float) -> bool:
     """True once the broker answers; False when its process dies or the deadline passes."""
     while time.monotonic() < deadline and _alive(pid):
-        if _port_open(broker.port) and _answers(broker.bootstrap, 2.0):
+        if _port_open(broker.port) and answers(broker.bootstrap, 2.0):
             return True
         time.sleep(0.2)
     return False
@@ -159,7 +155,7 @@ def stop(broker: LocalKafka, timeout_s: float = STOP_TIMEOUT_S) -> bool:
 def status(broker: LocalKafka) -> tuple[bool, int | None]:
     """Whether the broker answers, and its pid when this data directory's broker runs."""
     pid = running_pid(broker)
-    return (pid is not None and _port_open(broker.port) and _answers(broker.bootstrap, 3.0)), pid
+    return (pid is not None and _port_open(broker.port) and answers(broker.bootstrap, 3.0)), pid
 
 
 def running_pid(broker: LocalKafka) -> int | None:
@@ -304,7 +300,8 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _answers(bootstrap: str, timeout_s: float) -> bool:
+def answers(bootstrap: str, timeout_s: float) -> bool:
+    """Whether a broker at `bootstrap` answers a metadata request (quietly: no log lines)."""
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     try:
         return bool(admin.list_topics(timeout=timeout_s).brokers)

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import time
 
-import fastavro
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamer.codecs.avro import load_schema
 from streamer.demo.data import generate_transactions
 from streamer.testing import RunningAgent, produce
-from tests.conftest import SCHEMAS, TopologyFactory
+from tests.conftest import TopologyFactory, keyed_transactions
 
 pytestmark = pytest.mark.integration
-
-
-def _values(n: int, seed: int) -> list[tuple[bytes | None, bytes | None]]:
-    schema = load_schema(SCHEMAS / "transaction.avsc")
-    out: list[tuple[bytes | None, bytes | None]] = []
-    for event in generate_transactions(n, seed=seed):
-        buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, schema, event)
-        out.append((str(event["id"]).encode(), buf.getvalue()))
-    return out
 
 
 def _bucket(registry: CollectorRegistry, le: str) -> float:
@@ -33,7 +20,7 @@ def _bucket(registry: CollectorRegistry, le: str) -> float:
 
 def test_trickle_is_served_in_partial_batches(make_topology: TopologyFactory, kafka: str) -> None:
     topology = make_topology(partitions=1, batching={"max_batch_size": 1000, "max_wait_ms": 2000})
-    values = _values(12, seed=31)
+    values = keyed_transactions(generate_transactions(12, seed=31))
     with RunningAgent(topology) as running:
         for item in values:  # a trickle: far fewer events than a batch holds
             produce(kafka, topology.input.topic, [item])
@@ -53,7 +40,8 @@ def test_trickle_is_served_in_partial_batches(make_topology: TopologyFactory, ka
 def test_flood_fills_batches_to_max_batch_size(make_topology: TopologyFactory, kafka: str) -> None:
     topology = make_topology(partitions=2, batching={"max_batch_size": 200, "max_wait_ms": 1000})
     n = 4000
-    produce(kafka, topology.input.topic, _values(n, seed=32))  # all there before the agent starts
+    # All events are there before the agent starts.
+    produce(kafka, topology.input.topic, keyed_transactions(generate_transactions(n, seed=32)))
     with RunningAgent(topology) as running:
         running.wait_until(n)
         registry = running.agent.metrics.registry

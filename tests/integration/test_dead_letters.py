@@ -2,38 +2,29 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import random
 from pathlib import Path
 from typing import Any
 
-import fastavro
 import pytest
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, not in stubs
     AdminClient,
     NewTopic,
 )
 
-from streamer.codecs.avro import load_schema
 from streamer.demo.data import generate_transactions
 from streamer.errors import DeliveryFailed
 from streamer.kafka.admin import create_topics
 from streamer.sinks import DETAIL_HEADER, ERROR_HEADER
 from streamer.testing import RunningAgent, committed_offsets, consume, produce
-from tests.conftest import SCHEMAS, TopologyFactory
+from tests.conftest import TRANSACTION, TopologyFactory
 from tests.onnx_models import write_tiny_model
 
 pytestmark = pytest.mark.integration
 
 N = 5000
-
-
-def _avro(record: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, load_schema(SCHEMAS / "transaction.avsc"), record)
-    return buf.getvalue()
 
 
 def _garbage(kind: int, event: dict[str, Any]) -> tuple[bytes | None, str]:
@@ -43,11 +34,11 @@ def _garbage(kind: int, event: dict[str, Any]) -> tuple[bytes | None, str]:
     if kind == 1:
         return None, "empty_value"
     if kind == 2:
-        return _avro(event)[:-3], "undecodable"  # truncated
+        return TRANSACTION.encode(event)[:-3], "undecodable"  # truncated
     if kind == 3:
-        return _avro({**event, "amount": math.nan}), "non_finite"
+        return TRANSACTION.encode({**event, "amount": math.nan}), "non_finite"
     if kind == 4:
-        return _avro({**event, "merchant_risk": math.inf}), "non_finite"
+        return TRANSACTION.encode({**event, "merchant_risk": math.inf}), "non_finite"
     return json.dumps(event).encode(), "undecodable"  # JSON where Avro is expected
 
 
@@ -66,7 +57,7 @@ def test_every_offset_ends_as_one_output_or_one_dead_letter(
             value, reason = _garbage(len(expected_reason) % 6, event)
             expected_reason[key] = reason
         else:
-            value = _avro(event)
+            value = TRANSACTION.encode(event)
         messages.append((key, value))
     produce(kafka, topology.input.topic, messages)
 
@@ -138,7 +129,7 @@ def test_an_unacknowledged_record_stops_the_agent_and_its_batch_stays_uncommitte
     del admin  # the raised error's traceback would keep it (and its log lines) alive
     create_topics(topology)
     events = generate_transactions(20, seed=71)
-    produce(kafka, topology.input.topic, ((None, _avro(e)) for e in events))
+    produce(kafka, topology.input.topic, ((None, TRANSACTION.encode(e)) for e in events))
     with (
         RunningAgent(topology) as running,
         pytest.raises(DeliveryFailed, match="not acknowledged"),

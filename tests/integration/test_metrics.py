@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import io
+import time
 import urllib.request
 
-import fastavro
 import pytest
 
-from streamer.codecs.avro import load_schema
+from streamer.agent import LAG_INTERVAL_S
 from streamer.demo.data import generate_transactions
 from streamer.testing import RunningAgent, produce
-from tests.conftest import SCHEMAS, TopologyFactory
+from tests.conftest import TopologyFactory, keyed_transactions
 
 pytestmark = pytest.mark.integration
 
@@ -28,12 +27,7 @@ def test_metrics_endpoints_report_what_the_agent_did(
     make_topology: TopologyFactory, kafka: str
 ) -> None:
     topology = make_topology(partitions=2, metrics={"port": 0})
-    schema = load_schema(SCHEMAS / "transaction.avsc")
-    items: list[tuple[bytes | None, bytes | None]] = []
-    for event in generate_transactions(500, seed=51):
-        buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, schema, event)
-        items.append((str(event["id"]).encode(), buf.getvalue()))
+    items = keyed_transactions(generate_transactions(500, seed=51))
     items.append((b"bad", b"\x00garbage"))
     produce(kafka, topology.input.topic, items)
     with RunningAgent(topology) as running:
@@ -43,10 +37,19 @@ def test_metrics_endpoints_report_what_the_agent_did(
         assert _get(port, "/healthz")[0] == 200
         assert _get(port, "/readyz")[0] == 200
         assert _get(port, "/nope")[0] == 404
-        # Lag is refreshed every LAG_INTERVAL_S; everything is consumed, so it settles at 0.
-        running.agent._lag_updated = 0.0
+        # Lag is refreshed every LAG_INTERVAL_S; everything is consumed, so it settles at 0
+        # on both partitions.
+        settled = [
+            'streamer_consumer_lag{partition="0"} 0.0',
+            'streamer_consumer_lag{partition="1"} 0.0',
+        ]
+        deadline = time.monotonic() + 10 * LAG_INTERVAL_S
         status, body = _get(port, "/metrics")
+        while not all(s in body for s in settled) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status, body = _get(port, "/metrics")
         running.stop()
+    assert all(s in body for s in settled), body
     assert status == 200
     assert "streamer_events_consumed_total 501.0" in body
     assert 'streamer_predictions_total{shadow="false",variant="champion"} 500.0' in body

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections import Counter
 
-import fastavro
 import pytest
 
-from streamer.codecs.avro import load_schema
 from streamer.demo.data import generate_transactions
 from streamer.testing import RunningAgent, consume, produce
-from tests.conftest import SCHEMAS, TopologyFactory
+from tests.conftest import TopologyFactory, keyed_transactions
 
 pytestmark = pytest.mark.integration
 
@@ -24,12 +21,7 @@ def test_two_agents_share_the_partitions_and_serve_every_event(
     make_topology: TopologyFactory, kafka: str
 ) -> None:
     topology = make_topology(partitions=6, batching={"max_batch_size": 128, "max_wait_ms": 10})
-    schema = load_schema(SCHEMAS / "transaction.avsc")
-    items: list[tuple[bytes | None, bytes | None]] = []
-    for event in generate_transactions(N, seed=61):
-        buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, schema, event)
-        items.append((str(event["id"]).encode(), buf.getvalue()))
+    items = keyed_transactions(generate_transactions(N, seed=61))
     produce(kafka, topology.input.topic, items[: N // 2])
     with RunningAgent(topology) as first:
         first.wait_until(1000)  # the first agent owns everything and is mid-stream ...

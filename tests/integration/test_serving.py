@@ -2,36 +2,26 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
-import fastavro
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from streamer.codecs.avro import load_schema
+from streamer.codecs.avro import AvroDecoder
 from streamer.demo.data import feature_matrix, generate_transactions
 from streamer.testing import RunningAgent, consume, produce
-from tests.conftest import SCHEMAS, TopologyFactory
+from tests.conftest import SCHEMAS, TRANSACTION, TopologyFactory
 
 pytestmark = pytest.mark.integration
 
 N = 3000
 
 
-def _avro(schema_name: str, record: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, load_schema(SCHEMAS / schema_name), record)
-    return buf.getvalue()
-
-
-def _read_avro(schema_name: str, value: bytes) -> dict[str, Any]:
-    record = fastavro.schemaless_reader(io.BytesIO(value), load_schema(SCHEMAS / schema_name), None)
-    assert isinstance(record, dict)
-    return record
+SCORE = AvroDecoder(SCHEMAS / "fraud_score.avsc")
+LAKE = AvroDecoder(SCHEMAS / "fraud_lake.avsc")
 
 
 def _expected(model: Path, events: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -50,7 +40,7 @@ def test_avro_in_json_out(
         kafka,
         topology.input.topic,
         (
-            (str(e["id"]).encode() if i % 2 else None, _avro("transaction.avsc", e))
+            (str(e["id"]).encode() if i % 2 else None, TRANSACTION.encode(e))
             for i, e in enumerate(events)
         ),
     )
@@ -110,10 +100,7 @@ def test_json_in_avro_out(
     with RunningAgent(topology) as running:
         running.wait_until(N)
         running.stop()
-    outputs = [
-        _read_avro("fraud_score.avsc", r.value or b"")
-        for r in consume(kafka, topology.output.topic, N)
-    ]
+    outputs = [SCORE.decode(r.value) for r in consume(kafka, topology.output.topic, N)]
     assert len(outputs) == N
     expected = _expected(demo_models["fraud_v2"], events)
     index = {e["id"]: i for i, e in enumerate(events)}
@@ -121,10 +108,7 @@ def test_json_in_avro_out(
         i = index[value["id"]]
         assert value["label"] == int(expected["label"][i])
         np.testing.assert_allclose(value["probabilities"], expected["probabilities"][i], atol=1e-6)
-    lake = [
-        _read_avro("fraud_lake.avsc", r.value or b"")
-        for r in consume(kafka, topology.lake.topic, N)
-    ]
+    lake = [LAKE.decode(r.value) for r in consume(kafka, topology.lake.topic, N)]
     assert len(lake) == N
     assert {r["id"] for r in lake} == set(index)
     assert all(len(r["features"]) == 4 and r["shadow"] is False for r in lake)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -13,16 +12,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import fastavro
 import pytest
 import yaml
 
-from streamer.codecs.avro import load_schema
 from streamer.config import Topology
 from streamer.demo.data import generate_transactions
 from streamer.kafka.local import LocalKafka, running_pid
 from streamer.testing import committed_offsets, consume, produce
-from tests.conftest import SCHEMAS, TopologyFactory
+from tests.conftest import TopologyFactory, keyed_transactions
 
 pytestmark = pytest.mark.integration
 
@@ -60,18 +57,8 @@ def test_sigterm_mid_stream_then_restart_loses_nothing(
     topology = make_topology(
         partitions=PARTITIONS, batching={"max_batch_size": 128, "max_wait_ms": 10}
     )
-    schema = load_schema(SCHEMAS / "transaction.avsc")
     events = generate_transactions(N, seed=41)
-
-    def encoded() -> list[tuple[bytes | None, bytes | None]]:
-        out: list[tuple[bytes | None, bytes | None]] = []
-        for e in events:
-            buf = io.BytesIO()
-            fastavro.schemaless_writer(buf, schema, e)
-            out.append((str(e["id"]).encode(), buf.getvalue()))
-        return out
-
-    produce(kafka, topology.input.topic, encoded())
+    produce(kafka, topology.input.topic, keyed_transactions(events))
 
     first = _start(topology)
     deadline = time.monotonic() + 120
