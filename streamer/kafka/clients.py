@@ -45,14 +45,25 @@ def _error_cb(err: KafkaError) -> None:
         log.warning("Kafka: %s", err)
 
 
-def _base(kafka: KafkaSettings, overrides: Settings) -> dict[str, Any]:
+ErrorHook = Callable[[KafkaError], None]
+"""Called (from librdkafka's poll) with every client-level error, after it is logged."""
+
+
+def _base(kafka: KafkaSettings, overrides: Settings, on_error: ErrorHook | None) -> dict[str, Any]:
+    def error_cb(err: KafkaError) -> None:
+        _error_cb(err)
+        if on_error is not None:
+            on_error(err)
+
     # User settings win over our defaults: they know their cluster (security, tuning).
-    return {"error_cb": _error_cb, "logger": _librdkafka_log, **overrides, **kafka.client_config()}
+    return {"error_cb": error_cb, "logger": _librdkafka_log, **overrides, **kafka.client_config()}
 
 
-def make_consumer(kafka: KafkaSettings, group_id: str) -> Consumer:
+def make_consumer(
+    kafka: KafkaSettings, group_id: str, on_error: ErrorHook | None = None
+) -> Consumer:
     """A consumer in `group_id`; offsets are stored and committed only by the caller."""
-    config = _base(kafka, {"auto.offset.reset": "earliest"})
+    config = _base(kafka, {"auto.offset.reset": "earliest"}, on_error)
     # Not overridable: the agent's at-least-once guarantee rests on committing explicitly.
     config.update(
         {"group.id": group_id, "enable.auto.commit": False, "enable.auto.offset.store": False}
@@ -60,7 +71,9 @@ def make_consumer(kafka: KafkaSettings, group_id: str) -> Consumer:
     return Consumer(config)
 
 
-def make_producer(kafka: KafkaSettings, overrides: Settings) -> Producer:
+def make_producer(
+    kafka: KafkaSettings, overrides: Settings, on_error: ErrorHook | None = None
+) -> Producer:
     """An idempotent producer (acks=all): retries never duplicate or reorder records."""
     return Producer(
         _base(
@@ -72,6 +85,7 @@ def make_producer(kafka: KafkaSettings, overrides: Settings) -> Producer:
                 "compression.type": "lz4",
                 **overrides,
             },
+            on_error,
         )
     )
 
@@ -95,7 +109,7 @@ def produce(
 
 
 def make_admin(kafka: KafkaSettings) -> AdminClient:
-    return AdminClient(_base(kafka, {}))
+    return AdminClient(_base(kafka, {}, None))
 
 
 def wait_for_cluster(
