@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streamer.config import KafkaSettings
@@ -21,21 +21,55 @@ Settings = Mapping[str, str | int | float | bool]
 T = TypeVar("T")
 
 
+TRANSIENT_CODES = frozenset(
+    {
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._WAIT_COORD,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.OFFSET_NOT_AVAILABLE,
+        KafkaError.UNSTABLE_OFFSET_COMMIT,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+    }
+)
+"""Codes `retrying` treats as transient although `KafkaError.retriable()` is False.
+
+librdkafka flags retriable errors only in its error-object APIs (transactions, some admin
+calls); `commit()`, `committed()`, `get_watermark_offsets()` and `list_topics()` raise bare
+codes whose `retriable()` is always False. These are the ones among them that a healthy
+cluster clears by itself: coordinator and leader moves, timeouts, a broker restarting.
+"""
+
+
 def retrying(call: Callable[[], T], timeout_s: float) -> T:
-    """`call()` again until it stops raising KafkaException or `timeout_s` has passed.
+    """`call()` again while it raises a transient KafkaException, until `timeout_s` has passed.
 
     For requests that fail for a moment on a healthy cluster: offsets of a just-created
-    partition, a group coordinator that is loading or moving (NOT_COORDINATOR).
+    partition, a group coordinator that is loading or moving (NOT_COORDINATOR). Errors that
+    cannot succeed on a retry (authorization, invalid requests, fatal errors) raise at once.
     """
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             return call()
         except KafkaException as exc:
-            if time.monotonic() > deadline:
+            if not _transient(exc) or time.monotonic() > deadline:
                 raise
-            log.debug("retrying: %s", exc.args[0] if exc.args else exc)
+            log.debug("retrying: %s", exc.args[0])
             time.sleep(0.2)
+
+
+def _transient(exc: KafkaException) -> bool:
+    err = exc.args[0] if exc.args else None
+    if not isinstance(err, KafkaError) or err.fatal():
+        return False
+    return bool(err.retriable()) or err.code() in TRANSIENT_CODES
 
 
 def _error_cb(err: KafkaError) -> None:
@@ -59,11 +93,20 @@ def _base(kafka: KafkaSettings, overrides: Settings, on_error: ErrorHook | None)
     return {"error_cb": error_cb, "logger": _librdkafka_log, **overrides, **kafka.client_config()}
 
 
+CommitHook = Callable[[KafkaError | None, list[TopicPartition]], None]
+"""Called (from the consumer's poll) with the outcome of every offset commit."""
+
+
 def make_consumer(
-    kafka: KafkaSettings, group_id: str, on_error: ErrorHook | None = None
+    kafka: KafkaSettings,
+    group_id: str,
+    on_error: ErrorHook | None = None,
+    on_commit: CommitHook | None = None,
 ) -> Consumer:
     """A consumer in `group_id`; offsets are stored and committed only by the caller."""
     config = _base(kafka, {"auto.offset.reset": "earliest"}, on_error)
+    if on_commit is not None:
+        config["on_commit"] = on_commit
     # Not overridable: the agent's at-least-once guarantee rests on committing explicitly.
     config.update(
         {"group.id": group_id, "enable.auto.commit": False, "enable.auto.offset.store": False}
