@@ -33,7 +33,26 @@ _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _ALIASES = {"schema_": "schema"}
 """Field name -> key in the file, for errors on defaults (pydantic reports the field name)."""
-_SECRET_KEYS = ("password", "secret", "token", "key.pem", "credentials")
+SENSITIVE_KEYS = frozenset(
+    {
+        "sasl.username",
+        "sasl.password",
+        "sasl.oauthbearer.config",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.client.credentials.client.secret",  # alias of the one above
+        "sasl.oauthbearer.assertion.private.key.file",
+        "sasl.oauthbearer.assertion.private.key.passphrase",
+        "sasl.oauthbearer.assertion.private.key.pem",
+        "ssl.key.location",
+        "ssl.key.password",
+        "ssl.key.pem",
+        "ssl.keystore.password",
+        "ssl.ca.pem",
+    }
+)
+"""librdkafka settings whose values are never printed: librdkafka's own list, the properties
+flagged `_RK_SENSITIVE` in src/rdkafka_conf.c (confluentinc/librdkafka), which it shows as
+`[redacted]` in its `debug=conf` dump. Checked against that dump of librdkafka 2.16.0."""
 
 
 class _Model(BaseModel):
@@ -76,7 +95,7 @@ class KafkaSettings(_Model):
     def redacted(self) -> dict[str, Any]:
         """The settings with secret values hidden, safe to print or log."""
         return {
-            k: (SecretStr(str(v)) if any(s in k for s in _SECRET_KEYS) else v)
+            k: SecretStr(str(v)) if k.lower() in SENSITIVE_KEYS else v
             for k, v in self.client_config().items()
         }
 
