@@ -1,8 +1,9 @@
 """The agent loop: consume -> decode -> route -> infer -> produce -> commit.
 
-One agent is one consumer-group member; run more processes to scale out. Offsets commit
-only after every record a batch produced (outputs, lake entries, dead letters) is
-acknowledged by the brokers, so a crash repeats work but never loses it.
+One agent is one consumer-group member; run more processes to scale out. What a batch
+produces is decided by `assembly` (pure), published and committed by a `Committer` (here
+at-least-once: offsets commit only after every record of the batch is acknowledged, so a
+crash repeats work but never loses it). A batch whose serving raised is never committed.
 """
 
 from __future__ import annotations
@@ -11,38 +12,38 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
-import numpy as np
-from confluent_kafka import (
-    TIMESTAMP_NOT_AVAILABLE,
-    Consumer,
-    Message,
-    Producer,
-    TopicPartition,
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streamer.assembly import (
+    Assembled,
+    Destinations,
+    InputMessage,
+    Kind,
+    Outgoing,
+    assemble,
+    coordinates,
 )
-
 from streamer.batching import MicroBatcher
-from streamer.codecs import DecodedBatch, EncodeError, decode_batch, make_decoder, make_encoder
-from streamer.commits import InFlight, InFlightBatch
+from streamer.codecs import make_decoder, make_encoder
+from streamer.commits import AtLeastOnce
 from streamer.config import Topology
-from streamer.errors import DeliveryFailed, StreamerError
-from streamer.inference import Scorer, VariantScores
+from streamer.errors import BatchFailed, DeliveryFailed, StreamerError
+from streamer.kafka.admin import record_limits
 from streamer.kafka.clients import (
     KafkaBatchSource,
     make_consumer,
     make_producer,
     missing_topics,
-    produce,
-    retrying,
     wait_for_cluster,
 )
 from streamer.metrics import Metrics, MetricsServer, observe_many
-from streamer.models import Model, load_variant_models
-from streamer.routing import Router
-from streamer.sinks import Headers, dead_letter_headers, lake_record
+from streamer.models import Model, first_line, load_variant_models
+from streamer.records import Reason, dead_letter_headers
+from streamer.variants import Variants
 
 log = logging.getLogger("streamer.agent")
 
@@ -50,24 +51,28 @@ CONNECT_TIMEOUT_S = 30.0
 """How long `run` waits for the cluster before it gives up with exit code 1."""
 DRAIN_TIMEOUT_S = 60.0
 """How long shutdown waits for in-flight records to be acknowledged."""
-COMMIT_RETRY_S = 10.0
-"""How long a hand-over or shutdown commit is retried (coordinator moves take seconds)."""
 LAG_INTERVAL_S = 2.0
 """How often streamer_consumer_lag is refreshed (from librdkafka's cached watermarks)."""
+READY_INTERVAL_S = 5.0
+"""How often the agent asks the cluster whether its input topic is there (for /readyz)."""
+STALLED_AFTER_S = 30.0
+"""A loop that has not turned for this long (plus max_wait_ms) is unhealthy (/healthz)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class AgentStats:
-    """What one agent did; returned by `run` and printed by the demo."""
+    """What one agent did (read from its metrics); returned by `run`, shown by the demo."""
 
-    consumed: int = 0
-    served: int = 0
-    dead_letters: int = 0
-    batches: int = 0
-    largest_batch: int = 0
-    first_output_at: float | None = None
-    last_output_at: float | None = None
-    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    consumed: int
+    served: int
+    """Events whose output is acknowledged."""
+    dead_letters: int
+    """Events whose dead letter is acknowledged."""
+    batches: int
+    largest_batch: int
+    dead_letter_reasons: dict[str, int]
+    first_output_at: float | None
+    last_output_at: float | None
 
 
 class Agent:
@@ -79,6 +84,7 @@ class Agent:
         models: Mapping[str, Model] | None = None,
         *,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        drain_timeout_s: float = DRAIN_TIMEOUT_S,
     ) -> None:
         """`models` are the variants' loaded models (from `validate`); loaded here if None."""
         if topology.guarantee == "exactly_once":
@@ -92,50 +98,55 @@ class Agent:
                 raise next(iter(errors.values()))
         self.topology = topology
         self.metrics = Metrics()
-        self.models = dict(models)
-        self.router = Router(topology.served_weights())
-        self.scorer = Scorer(self.models, self.router, [v.name for v in topology.shadows])
+        self.variants = Variants(topology, models, self.metrics)
         self.decoder = make_decoder(topology.input.format, topology.input.schema_)
-        self.output_encoder = make_encoder(topology.output.format, topology.output.schema_)
-        self.lake_encoder = make_encoder(topology.lake.format, topology.lake.schema_)
-        self.stats = AgentStats()
         self._connect_timeout_s = connect_timeout_s
+        self._drain_timeout_s = drain_timeout_s
         self._stop = threading.Event()
-        self._in_flight = InFlight()
-        self._assigned: set[tuple[str, int]] = set()
-        self._served_to: dict[tuple[str, int], int] = {}
-        """Per input partition, the offset after the last event whose batch was acknowledged."""
         self._joined = False
+        self._unready: str | None = None
+        self._assigned: set[tuple[str, int]] = set()
         self._heartbeat = time.monotonic()
         self._lag_updated = 0.0
+        self._ready_checked = 0.0
+        self._largest_batch = 0
+        self._first_output_at: float | None = None
+        self._last_output_at: float | None = None
         self.metrics_port: int | None = None
         """The port /metrics is served on once running (None when disabled)."""
-        for name, model in self.models.items():
-            self.metrics.model_info.labels(name, model.version, model.sha256).set(1)
-        for name, weight in self.router.weights.items():
-            self.metrics.variant_weight.labels(name).set(weight)
 
     @property
     def assigned(self) -> list[tuple[str, int]]:
         """The (topic, partition)s this agent currently owns."""
         return sorted(self._assigned)
 
+    @property
+    def stats(self) -> AgentStats:
+        m = self.metrics
+        reasons = m.by_label("streamer_dead_letters_total", "reason")
+        return AgentStats(
+            consumed=int(m.value("streamer_events_consumed_total")),
+            served=int(m.value("streamer_predictions_total", shadow="false")),
+            dead_letters=int(sum(reasons.values())),
+            batches=int(m.value("streamer_batch_size_count")),
+            largest_batch=self._largest_batch,
+            dead_letter_reasons={r: int(n) for r, n in reasons.items() if n},
+            first_output_at=self._first_output_at,
+            last_output_at=self._last_output_at,
+        )
+
     def stop(self) -> None:
         """Ask the loop to finish its batch, flush, commit and return (signal-safe)."""
         self._stop.set()
 
     def run(self) -> AgentStats:
-        """Consume and serve until `stop()`; raises DeliveryFailed if records were lost."""
+        """Consume and serve until `stop()`; raises DeliveryFailed if records were lost and
+        BatchFailed if serving a batch raised (neither is committed)."""
         t = self.topology
         admin = wait_for_cluster(t.kafka, self._connect_timeout_s, self._stop.is_set)
         if self._stop.is_set():  # stopped before the cluster answered: nothing to drain
             return self.stats
-        missing = missing_topics(admin, t.agent_topics(), self._connect_timeout_s)
-        if missing:
-            raise StreamerError(
-                f"{t.source}: topic(s) {', '.join(missing)} do not exist; "
-                f"create them with `streamer topics create {t.source}`"
-            )
+        dest = self._destinations(admin)
         if t.routing.strategy == "bandit":
             log.warning(
                 "routing.strategy bandit: serving the configured weights; this version "
@@ -144,13 +155,23 @@ class Agent:
             )
         server = self._start_metrics_server()
         log.info("cluster settings: %s", t.kafka.redacted())
-        consumer = make_consumer(t.kafka, t.group_id)
-        producer = make_producer(t.kafka, {})
+        producer = make_producer(t.kafka, {}, self._kafka_error)
+        committer: AtLeastOnce | None = None
+        consumer = make_consumer(
+            t.kafka, t.group_id, self._kafka_error, lambda e, p: self._on_commit(committer, e, p)
+        )
+        committer = AtLeastOnce(
+            consumer,
+            producer,
+            t.batching.max_in_flight_batches,
+            self.metrics,
+            drain_timeout_s=self._drain_timeout_s,
+        )
         consumer.subscribe(
             [t.input.topic],
-            on_assign=self._on_assign,
-            on_revoke=self._revoker(consumer, producer),
-            on_lost=self._on_lost,
+            on_assign=lambda c, parts: self._on_assign(committer, c, parts),
+            on_revoke=lambda c, parts: self._on_revoke(committer, c, parts),
+            on_lost=lambda c, parts: self._on_lost(committer, c, parts),
         )
         batcher = MicroBatcher(
             KafkaBatchSource(consumer), t.batching.max_batch_size, t.batching.max_wait_ms
@@ -158,229 +179,207 @@ class Agent:
         try:
             while not self._stop.is_set():
                 self._heartbeat = time.monotonic()
-                self._wait_for_room(consumer, producer)
+                committer.wait_for_room(self._stop.is_set)
+                if self._stop.is_set():
+                    break
                 messages = batcher.next_batch()
                 if messages:
-                    self._serve(messages, producer)
-                producer.poll(0)
-                self._commit(consumer, asynchronous=True)
-                self._update_lag(consumer)
+                    self._serve(messages, committer, dest)
+                committer.poll()
+                self._housekeeping(consumer)
+        except BaseException:
+            # The error that stopped the loop is the one to report; a drain that then also
+            # fails is logged.
+            try:
+                committer.close(self._drain_timeout_s)
+            except (DeliveryFailed, KafkaException) as exc:
+                log.error("while stopping: %s", exc)
+            raise
+        else:
+            committer.close(self._drain_timeout_s)
         finally:
-            self._drain(consumer, producer)
             if server is not None:
                 server.stop()
         return self.stats
 
-    def _serve(self, messages: list[Message], producer: Producer) -> None:
-        """One batch: decode, dead-letter the bad, score the good, produce everything."""
+    def _serve(
+        self, messages: Sequence[Message], committer: AtLeastOnce, dest: Destinations
+    ) -> None:
+        """One batch: assemble what it produces, publish it into the committer."""
         fetched_at = time.time()
         n = len(messages)
         self.metrics.events_consumed.inc(n)
         self.metrics.batch_size.observe(n)
-        self.stats.consumed += n
-        self.stats.batches += 1
-        self.stats.largest_batch = max(self.stats.largest_batch, n)
-        batch = self._in_flight.open(coordinates(m) for m in messages)
-        decoded = decode_batch([m.value() for m in messages], self.decoder, self.topology.features)
-        for index, err in decoded.rejected:
-            self._dead_letter(producer, batch, messages[index], err.reason, err.detail)
-        if decoded.ok:
-            self._score_and_publish(producer, batch, messages, decoded, fetched_at)
-
-    def _score_and_publish(
-        self,
-        producer: Producer,
-        batch: InFlightBatch,
-        messages: list[Message],
-        decoded: DecodedBatch,
-        fetched_at: float,
-    ) -> None:
-        good = [messages[i] for i in decoded.ok]
-        ids = [_event_id(m, r) for m, r in zip(good, decoded.records, strict=True)]
-        ts_events = [_event_ts(m, fetched_at) for m in good]
-        scores = self.scorer.score(decoded.features, ids)
-        now = time.time()
-        ts_predicted = int(now * 1000)
-        server: dict[int, tuple[VariantScores, int]] = {}
-        for s in scores:
-            self.metrics.inference_seconds.labels(s.variant).observe(s.seconds)
-            self.metrics.predictions.labels(s.variant, str(s.shadow).lower()).inc(len(s.rows))
-            if not s.shadow:
-                server.update((row, (s, j)) for j, row in enumerate(s.rows.tolist()))
-
-        served: dict[int, dict[str, Any]] = {}
-        for row, msg in enumerate(good):  # input order keeps each partition's outputs in order
-            s, j = server[row]
-            if not s.finite[j]:
-                detail = f"variant {s.variant} returned NaN or infinity"
-                self._dead_letter(producer, batch, msg, "non_finite_output", detail)
-                continue
-            out = s.record(j, ids[row], ts_events[row], ts_predicted)
-            try:
-                value = self.output_encoder.encode(out)
-            except EncodeError as exc:
-                self._dead_letter(producer, batch, msg, "encode_failed", str(exc))
-                continue
-            self._produce(producer, batch, self.topology.output.topic, msg.key(), value)
-            served[row] = out
-        self.stats.served += len(served)
-        event_ms = np.fromiter((ts_events[row] for row in served), dtype=np.float64)
-        observe_many(self.metrics.end_to_end_seconds, np.maximum(now - event_ms / 1000.0, 0.0))
-
-        latency_ms = round((now - fetched_at) * 1000.0, 3)
-        for s in scores:
-            for j, row in enumerate(s.rows.tolist()):
-                if s.shadow:
-                    out = s.record(j, ids[row], ts_events[row], ts_predicted)
-                elif row in served:
-                    out = served[row]
-                else:
-                    continue  # dead-lettered: the lake holds only what was served or shadowed
-                record = lake_record(
-                    out,
-                    shadow=s.shadow,
-                    features=decoded.values[row],
-                    latency_ms=latency_ms,
-                    topology=self.topology.name,
-                    propensity=s.propensity,
-                )
-                self._write_lake(producer, batch, good[row], record)
-        if self.stats.first_output_at is None:
-            self.stats.first_output_at = now
-        self.stats.last_output_at = now
-
-    def _write_lake(
-        self, producer: Producer, batch: InFlightBatch, msg: Message, record: dict[str, Any]
-    ) -> None:
+        self._largest_batch = max(self._largest_batch, n)
+        batch = None
         try:
-            value = self.lake_encoder.encode(record)
-        except EncodeError as exc:
-            # The event itself was handled; a lake record the lake format cannot hold is
-            # counted and logged, not dead-lettered (the dead-letter topic holds events).
-            self.metrics.dead_letters.labels("lake_encode_failed").inc()
-            log.warning(
-                "lake record for %s (%s) not written: %s", record["id"], record["variant"], exc
+            # Nothing is tracked before the batch is assembled: if assembly raises, the loop
+            # stops here, so no later batch can commit past these offsets either.
+            result = assemble(
+                messages, self.decoder, self.variants.snapshot(), dest, fetched_at=fetched_at
             )
-            return
-        self._produce(producer, batch, self.topology.lake.topic, msg.key(), value)
+            batch = committer.begin(messages, lambda: self._count(result), self._rescuer(result))
+            for record in result.records:
+                committer.produce(batch, record)
+        except Exception as exc:
+            if batch is not None:
+                committer.abandon(batch)
+            log.debug("serving a batch raised", exc_info=True)
+            topic, partition, offset = coordinates(messages[0])
+            raise BatchFailed(
+                f"serving a batch of {n} events (the first: {topic} partition {partition} "
+                f"offset {offset}) raised {type(exc).__name__}: {first_line(exc)}; "
+                "its offsets stay uncommitted and will be served again"
+            ) from None
+        self._observe(result)
 
-    def _dead_letter(
-        self, producer: Producer, batch: InFlightBatch, msg: Message, reason: str, detail: str
-    ) -> None:
-        headers = dead_letter_headers(reason, detail, *coordinates(msg))
-        self._produce(
-            producer,
-            batch,
-            self.topology.dead_letter.topic,
-            msg.key(),
-            msg.value(),
-            headers=headers,
+    def _observe(self, result: Assembled) -> None:
+        """Per-batch measurements, taken when the batch is produced."""
+        m = self.metrics
+        for variant, seconds in result.inference_seconds.items():
+            m.inference_seconds.labels(variant).observe(seconds)
+        for variant, n in result.shadowed.items():
+            m.predictions.labels(variant, "true").inc(n)
+        for variant, n in result.shadow_failures.items():
+            m.shadow_errors.labels(variant).inc(n)
+            log.warning("shadow %s failed on %d event(s); served traffic is unaffected", variant, n)
+        if result.event_ms.size:
+            now = time.time()
+            observe_many(m.end_to_end_seconds, now - result.event_ms / 1000.0)
+            self._first_output_at = self._first_output_at or now
+            self._last_output_at = now
+
+    def _count(self, result: Assembled) -> None:
+        """Counts of what is durable, taken when the batch's records are all acknowledged."""
+        m = self.metrics
+        for variant, n in result.served.items():
+            if n:
+                m.predictions.labels(variant, "false").inc(n)
+        for reason, n in result.dead_letters.items():
+            if n:
+                m.dead_letters.labels(reason.value).inc(n)
+        for why, n in result.lake_dropped.items():
+            m.lake_dropped.labels(why).inc(n)
+
+    def _rescuer(
+        self, result: Assembled
+    ) -> Callable[[Outgoing, InputMessage, str], Outgoing | None]:
+        def rescue(record: Outgoing, msg: InputMessage, why: str) -> Outgoing | None:
+            """A record the broker refused for its size: an output becomes a dead letter,
+            a lake entry is dropped (its event was served)."""
+            if record.kind is Kind.LAKE:
+                result.lake_dropped["too_large"] += 1
+                log.warning("lake record for %r not written: %s", record.key, why)
+                return None
+            result.served[record.variant] -= 1
+            result.dead_letters[Reason.TOO_LARGE] += 1
+            topic, partition, offset = coordinates(msg)
+            headers = dead_letter_headers(
+                msg.headers(),
+                Reason.TOO_LARGE,
+                f"{record.topic} refused the output: {why}",
+                topic=topic,
+                partition=partition,
+                offset=offset,
+            )
+            return Outgoing(
+                Kind.DEAD_LETTER,
+                self.topology.dead_letter.topic,
+                msg.key(),
+                msg.value(),
+                headers,
+                record.source,
+            )
+
+        return rescue
+
+    def _destinations(self, admin: AdminClient) -> Destinations:
+        t = self.topology
+        missing = missing_topics(admin, t.agent_topics(), self._connect_timeout_s)
+        if missing:
+            raise StreamerError(
+                f"{t.source}: topic(s) {', '.join(missing)} do not exist; "
+                f"create them with `streamer topics create {t.source}`"
+            )
+        return Destinations(
+            topology=t.name,
+            output_topic=t.output.topic,
+            lake_topic=t.lake.topic,
+            dead_letter_topic=t.dead_letter.topic,
+            output_encoder=make_encoder(t.output.format, t.output.schema_),
+            lake_encoder=make_encoder(t.lake.format, t.lake.schema_),
+            features=t.features,
+            max_bytes=record_limits(admin, t, self._connect_timeout_s),
         )
-        self.metrics.dead_letters.labels(reason).inc()
-        self.stats.dead_letters += 1
-        self.stats.dead_letter_reasons[reason] = self.stats.dead_letter_reasons.get(reason, 0) + 1
 
-    def _produce(
-        self,
-        producer: Producer,
-        batch: InFlightBatch,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        *,
-        headers: Headers | None = None,
-    ) -> None:
-        produce(producer, topic, value, key, headers=headers, on_delivery=batch.on_delivery)
-        batch.sent()
-
-    def _wait_for_room(self, consumer: Consumer, producer: Producer) -> None:
-        while len(self._in_flight) >= self.topology.batching.max_in_flight_batches:
-            producer.poll(0.01)
-            self._commit(consumer, asynchronous=True)
-
-    def _commit(self, consumer: Consumer, *, asynchronous: bool) -> None:
-        """Commit every fully acknowledged batch; then fail loudly if a delivery failed.
-
-        Steady state commits asynchronously (a lost commit is superseded by the next one);
-        before a hand-over or exit every served position is committed again synchronously,
-        with retries, so a graceful stop repeats nothing.
-        """
-        fresh = self._in_flight.pop_committable()
-        self._served_to.update(fresh)
-        offsets = fresh if asynchronous else self._served_to
-        owned = [
-            TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self._assigned
-        ]
-        if owned and asynchronous:
-            consumer.commit(offsets=owned, asynchronous=True)
-        elif owned:
-            retrying(lambda: consumer.commit(offsets=owned, asynchronous=False), COMMIT_RETRY_S)
-        self._raise_on_failures()
-
-    def _raise_on_failures(self) -> None:
-        failures = self._in_flight.failed()
-        if failures:
-            raise DeliveryFailed(
-                f"{len(failures)} record(s) were not acknowledged (first: {failures[0]}); "
-                "their input offsets stay uncommitted and will be served again"
-            )
-
-    def _drain(self, consumer: Consumer, producer: Producer) -> None:
-        """Wait for in-flight records, commit what is acknowledged, leave the group."""
-        try:
-            remaining = producer.flush(DRAIN_TIMEOUT_S)
-            self._commit(consumer, asynchronous=False)
-            if remaining:
-                raise DeliveryFailed(
-                    f"{remaining} record(s) unacknowledged after {DRAIN_TIMEOUT_S:.0f}s; "
-                    "their input offsets stay uncommitted and will be served again"
-                )
-        finally:
-            consumer.close()
-
-    def _revoker(
-        self, consumer: Consumer, producer: Producer
-    ) -> Callable[[Consumer, list[TopicPartition]], None]:
-        def on_revoke(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
-            # Hand partitions over with everything served so far committed, so the next
-            # owner does not serve it again.
-            producer.flush(DRAIN_TIMEOUT_S)
-            self._commit(consumer, asynchronous=False)
-            self._forget(partitions)
-
-        return on_revoke
-
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._assigned |= {(p.topic, p.partition) for p in partitions}
+    # -- group membership ------------------------------------------------------------------
+    def _on_assign(self, committer: AtLeastOnce, c: Consumer, parts: list[TopicPartition]) -> None:
+        committer.on_assign(c, parts)
+        self._assigned = set(committer.assigned)
         self._joined = True
-        log.info("assigned %s", sorted(p.partition for p in partitions))
 
-    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._forget(partitions)
+    def _on_revoke(self, committer: AtLeastOnce, c: Consumer, parts: list[TopicPartition]) -> None:
+        committer.on_revoke(c, parts)
+        self._forget(committer, parts)
 
-    def _forget(self, partitions: list[TopicPartition]) -> None:
-        for p in partitions:
-            self._assigned.discard((p.topic, p.partition))
-            self._served_to.pop((p.topic, p.partition), None)
+    def _on_lost(self, committer: AtLeastOnce, c: Consumer, parts: list[TopicPartition]) -> None:
+        committer.on_lost(c, parts)
+        self._forget(committer, parts)
+
+    def _forget(self, committer: AtLeastOnce, parts: list[TopicPartition]) -> None:
+        self._assigned = set(committer.assigned)
+        for p in parts:
             with contextlib.suppress(KeyError):  # never measured
                 self.metrics.consumer_lag.remove(str(p.partition))
 
-    def _update_lag(self, consumer: Consumer) -> None:
+    def _on_commit(
+        self, committer: AtLeastOnce | None, err: KafkaError | None, parts: list[TopicPartition]
+    ) -> None:
+        if committer is not None:
+            committer.on_commit(err, parts)
+
+    # -- health ----------------------------------------------------------------------------
+    def _kafka_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._unready = f"cannot reach Kafka: {err.str()}"
+
+    def _housekeeping(self, consumer: Consumer) -> None:
         now = time.monotonic()
-        if now - self._lag_updated < LAG_INTERVAL_S or not self._assigned:
-            return
-        self._lag_updated = now
-        for tp in consumer.position([TopicPartition(t, p) for t, p in self._assigned]):
-            _, high = consumer.get_watermark_offsets(tp, cached=True)
-            if high >= 0 and tp.offset >= 0:
-                self.metrics.consumer_lag.labels(str(tp.partition)).set(high - tp.offset)
+        if now - self._ready_checked >= READY_INTERVAL_S or (
+            self._unready and now - self._ready_checked >= 1.0
+        ):
+            self._ready_checked = now
+            self._unready = self._input_problem(consumer)
+        if now - self._lag_updated >= LAG_INTERVAL_S and self._assigned:
+            self._lag_updated = now
+            for tp in consumer.position([TopicPartition(t, p) for t, p in self._assigned]):
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0 and tp.offset >= 0:
+                    self.metrics.consumer_lag.labels(str(tp.partition)).set(high - tp.offset)
+
+    def _input_problem(self, consumer: Consumer) -> str | None:
+        topic = self.topology.input.topic
+        try:
+            metadata = consumer.list_topics(topic, timeout=1.0)
+        except KafkaException as exc:
+            return f"cannot reach Kafka: {exc.args[0] if exc.args else exc}"
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None:
+            why = found.error.str() if found is not None and found.error else "not found"
+            return f"input topic {topic}: {why}"
+        return None
+
+    def _readiness(self) -> str | None:
+        if not self._joined:
+            return "joining the consumer group"
+        return self._unready
 
     def _start_metrics_server(self) -> MetricsServer | None:
         port = self.topology.metrics.port
         if port is None:
             return None
         try:
-            server = MetricsServer(self.metrics, port, self._healthy, lambda: self._joined)
+            server = MetricsServer(self.metrics, port, self._healthy, self._readiness)
         except OSError as exc:
             raise StreamerError(
                 f"{self.topology.source}: metrics.port: cannot listen on {port}: {exc.strerror}"
@@ -389,28 +388,5 @@ class Agent:
         return server.start()
 
     def _healthy(self) -> bool:
-        stalled_after = 30.0 + self.topology.batching.max_wait_ms / 1000.0
+        stalled_after = STALLED_AFTER_S + self.topology.batching.max_wait_ms / 1000.0
         return time.monotonic() - self._heartbeat < stalled_after
-
-
-def coordinates(msg: Message) -> tuple[str, int, int]:
-    """(topic, partition, offset) of a consumed message (never None once consumed)."""
-    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-    assert topic is not None and partition is not None and offset is not None
-    return topic, partition, offset
-
-
-def _event_id(msg: Message, record: Mapping[str, Any]) -> str:
-    """The input key as text; else the event's `id` field; else its Kafka coordinates."""
-    key = msg.key()
-    if key:
-        return key.decode("utf-8", "backslashreplace")
-    rid = record.get("id")
-    if isinstance(rid, str | int) and not isinstance(rid, bool) and rid != "":
-        return str(rid)
-    return "/".join(map(str, coordinates(msg)))
-
-
-def _event_ts(msg: Message, fallback_s: float) -> int:
-    kind, ts = msg.timestamp()
-    return int(ts) if kind != TIMESTAMP_NOT_AVAILABLE else int(fallback_s * 1000)

@@ -1,32 +1,66 @@
-"""At-least-once bookkeeping: a batch's input offsets become committable only after every
-record it produced is acknowledged, and batches commit in the order they were consumed."""
+"""Commits: one owner for input offsets, rebalances and the records produced for them.
+
+`Committer` is what the agent loop talks to: begin a batch, produce its records, poll,
+wait for room, close. `AtLeastOnce` commits a batch's input offsets only after every record
+it produced is acknowledged, and batches commit in the order they were consumed; a batch
+whose serving raised is abandoned and never committed, nor is anything after it.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-TopicPartition = tuple[str, int]
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from streamer.assembly import InputMessage, Kind, Outgoing, coordinates
+from streamer.errors import DeliveryFailed
+from streamer.kafka.clients import produce, retrying
+from streamer.metrics import Metrics
+
+log = logging.getLogger("streamer.commits")
+
+COMMIT_RETRY_S = 10.0
+"""How long a hand-over or shutdown commit is retried (coordinator moves take seconds)."""
+ROOM_POLL_S = 0.05
+"""Delivery-report wait per turn while the agent waits for an in-flight batch to finish."""
+
+Partition = tuple[str, int]
+Rescue = Callable[[Outgoing, InputMessage, str], Outgoing | None]
+"""Given a record the broker refused for its size, its input message and the error: the
+record to send instead (a dead letter), or None to drop it (a lake entry; counted)."""
 
 
 @dataclass
 class InFlightBatch:
     """Records produced for one input batch, and the input positions it covers."""
 
-    next_offsets: dict[TopicPartition, int]
+    next_offsets: dict[Partition, int]
     """Per input partition, the offset after the batch's last message (what to commit)."""
+    messages: Sequence[InputMessage] = ()
+    on_done: Callable[[], None] | None = None
+    """Called once every record is acknowledged (when the batch becomes committable)."""
+    rescue: Rescue | None = None
     outstanding: int = 0
     failures: list[str] = field(default_factory=list)
+    abandoned: bool = False
+    """Serving the batch raised: it must never be committed."""
 
     def sent(self) -> None:
         self.outstanding += 1
 
-    def on_delivery(self, err: object, _msg: object) -> None:
+    def on_delivery(self, err: KafkaError | None, msg: Message | None) -> None:
         """confluent-kafka delivery callback: one call per produced record."""
         self.outstanding -= 1
         if err is not None:
-            self.failures.append(str(err))
+            self.failures.append(f"{msg.topic() if msg is not None else '?'}: {err}")
+
+    @property
+    def done(self) -> bool:
+        return self.outstanding == 0 and not self.failures and not self.abandoned
 
 
 class InFlight:
@@ -38,13 +72,19 @@ class InFlight:
     def __len__(self) -> int:
         return len(self._batches)
 
-    def open(self, messages: Iterable[tuple[str, int, int]]) -> InFlightBatch:
+    def open(
+        self,
+        positions: Iterable[tuple[str, int, int]],
+        messages: Sequence[InputMessage] = (),
+        on_done: Callable[[], None] | None = None,
+        rescue: Rescue | None = None,
+    ) -> InFlightBatch:
         """Track a new batch of (topic, partition, offset) input messages."""
-        offsets: dict[TopicPartition, int] = {}
-        for topic, partition, offset in messages:
+        offsets: dict[Partition, int] = {}
+        for topic, partition, offset in positions:
             tp = (topic, partition)
             offsets[tp] = max(offsets.get(tp, 0), offset + 1)
-        batch = InFlightBatch(offsets)
+        batch = InFlightBatch(offsets, messages, on_done, rescue)
         self._batches.append(batch)
         return batch
 
@@ -52,13 +92,191 @@ class InFlight:
         """Delivery failures of any batch still in flight."""
         return [f for b in self._batches for f in b.failures]
 
-    def pop_committable(self) -> dict[TopicPartition, int]:
+    def pop_committable(self) -> dict[Partition, int]:
         """Offsets of the leading batches that are fully acknowledged, removed from tracking.
 
-        Stops at the first batch with records outstanding or failed, so an unacknowledged
+        Stops at the first batch with records outstanding, failed or abandoned, so such a
         batch's events are never skipped by a later batch's commit.
         """
-        offsets: dict[TopicPartition, int] = {}
-        while self._batches and self._batches[0].outstanding == 0 and not self._batches[0].failures:
-            offsets.update(self._batches.popleft().next_offsets)
+        offsets: dict[Partition, int] = {}
+        while self._batches and self._batches[0].done:
+            batch = self._batches.popleft()
+            offsets.update(batch.next_offsets)
+            if batch.on_done is not None:
+                batch.on_done()
         return offsets
+
+
+class Committer(Protocol):
+    """What the agent loop needs from a delivery guarantee."""
+
+    def begin(
+        self, messages: Sequence[InputMessage], on_done: Callable[[], None], rescue: Rescue
+    ) -> InFlightBatch:
+        """Start a batch of consumed messages; its records go through `produce`. `on_done`
+        runs once they are all durable; `rescue` answers a record refused for its size."""
+        ...
+
+    def produce(self, batch: InFlightBatch, record: Outgoing) -> None:
+        """Send one record of `batch`."""
+        ...
+
+    def abandon(self, batch: InFlightBatch) -> None:
+        """Serving `batch` raised: never commit it (it will be consumed again)."""
+        ...
+
+    def poll(self) -> None:
+        """Serve delivery reports and commit finished batches; DeliveryFailed on a loss."""
+        ...
+
+    def wait_for_room(self, stopping: Callable[[], bool]) -> None:
+        """Return once another batch may begin, or as soon as `stopping()` is true."""
+        ...
+
+    def close(self, timeout_s: float) -> None:
+        """Flush, commit everything finished, leave the group; DeliveryFailed if records
+        stayed unacknowledged (their offsets stay uncommitted)."""
+        ...
+
+
+class AtLeastOnce:
+    """Commit after acknowledgement: a crash repeats work, never loses it."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        producer: Producer,
+        max_in_flight: int,
+        metrics: Metrics,
+        *,
+        drain_timeout_s: float,
+    ) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.max_in_flight = max_in_flight
+        self.metrics = metrics
+        self.drain_timeout_s = drain_timeout_s
+        self.assigned: set[Partition] = set()
+        self._in_flight = InFlight()
+        self._served_to: dict[Partition, int] = {}
+        """Per input partition, the offset after the last event whose batch was acknowledged."""
+
+    # -- the batch loop -------------------------------------------------------------------
+    def begin(
+        self, messages: Sequence[InputMessage], on_done: Callable[[], None], rescue: Rescue
+    ) -> InFlightBatch:
+        return self._in_flight.open((coordinates(m) for m in messages), messages, on_done, rescue)
+
+    def produce(self, batch: InFlightBatch, record: Outgoing) -> None:
+        try:
+            self._send(batch, record)
+        except KafkaException as exc:
+            # librdkafka refuses a record above message.max.bytes before sending it.
+            err = exc.args[0] if exc.args else None
+            if not isinstance(err, KafkaError) or err.code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                raise
+            self._refused(batch, record, err.str())
+
+    def abandon(self, batch: InFlightBatch) -> None:
+        batch.abandoned = True
+
+    def poll(self) -> None:
+        self.producer.poll(0)
+        self._commit(asynchronous=True)
+
+    def wait_for_room(self, stopping: Callable[[], bool]) -> None:
+        while len(self._in_flight) >= self.max_in_flight and not stopping():
+            self.producer.poll(ROOM_POLL_S)
+            self._commit(asynchronous=True)
+
+    def close(self, timeout_s: float) -> None:
+        try:
+            remaining = self.producer.flush(timeout_s)
+            self._commit(asynchronous=False)
+            if remaining:
+                raise DeliveryFailed(
+                    f"{remaining} record(s) unacknowledged after {timeout_s:.0f}s; "
+                    "their input offsets stay uncommitted and will be served again"
+                )
+        finally:
+            self.consumer.close()
+
+    # -- rebalances (confluent-kafka callbacks, run inside consume) ------------------------
+    def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned |= {(p.topic, p.partition) for p in partitions}
+        log.info("assigned %s", sorted(p.partition for p in partitions))
+
+    def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Hand partitions over with everything served so far committed, so the next owner
+        # does not serve it again.
+        self.producer.flush(self.drain_timeout_s)
+        self._commit(asynchronous=False)
+        self._forget(partitions)
+
+    def on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget(partitions)
+
+    def on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """confluent-kafka commit callback: asynchronous commit failures are otherwise silent."""
+        if err is None:
+            return
+        self.metrics.commit_failures.inc()
+        log.warning("offset commit failed (the next commit supersedes it): %s", err.str())
+
+    # -- internals -------------------------------------------------------------------------
+    def _send(self, batch: InFlightBatch, record: Outgoing) -> None:
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                self._refused(batch, record, err.str())
+                batch.outstanding -= 1
+                return
+            batch.on_delivery(err, msg)
+
+        produce(
+            self.producer,
+            record.topic,
+            record.value,
+            record.key,
+            headers=record.headers,
+            on_delivery=delivered,
+        )
+        batch.sent()
+
+    def _refused(self, batch: InFlightBatch, record: Outgoing, why: str) -> None:
+        if record.kind is Kind.DEAD_LETTER or batch.rescue is None:
+            batch.failures.append(f"{record.topic}: {why}")
+            return
+        instead = batch.rescue(record, batch.messages[record.source], why)
+        if instead is not None:
+            self._send(batch, instead)
+
+    def _commit(self, *, asynchronous: bool) -> None:
+        """Commit every fully acknowledged batch; then fail loudly if a delivery failed.
+
+        Steady state commits asynchronously (a lost commit is superseded by the next one);
+        before a hand-over or exit every served position is committed again synchronously,
+        with retries, so a graceful stop repeats nothing.
+        """
+        fresh = self._in_flight.pop_committable()
+        self._served_to.update(fresh)
+        offsets = fresh if asynchronous else self._served_to
+        owned = [
+            TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self.assigned
+        ]
+        if owned and asynchronous:
+            self.consumer.commit(offsets=owned, asynchronous=True)
+        elif owned:
+            retrying(
+                lambda: self.consumer.commit(offsets=owned, asynchronous=False), COMMIT_RETRY_S
+            )
+        failures = self._in_flight.failed()
+        if failures:
+            raise DeliveryFailed(
+                f"{len(failures)} record(s) were not acknowledged (first: {failures[0]}); "
+                "their input offsets stay uncommitted and will be served again"
+            )
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self.assigned.discard((p.topic, p.partition))
+            self._served_to.pop((p.topic, p.partition), None)

@@ -281,12 +281,11 @@ class Topology(_Model):
         return [v for v in self.variants if v.shadow]
 
     def served_weights(self) -> dict[str, float]:
-        """Configured weights of the served variants, normalised to sum to 1."""
+        """Configured weights of the served variants (the router normalises them)."""
         served = self.served
-        total = sum(v.weight for v in served)
-        if total <= 0:  # a single served variant may leave its weight out
+        if len(served) == 1:  # a single served variant may leave its weight out
             return {served[0].name: 1.0}
-        return {v.name: v.weight / total for v in served}
+        return {v.name: v.weight for v in served}
 
     def agent_topics(self) -> list[str]:
         """The topics an agent reads and writes: input, output, lake, dead letters."""

@@ -35,3 +35,7 @@ class LocalKafkaError(StreamerError):
 
 class DeliveryFailed(StreamerError):
     """A produced record was not acknowledged; its batch's offsets stay uncommitted."""
+
+
+class BatchFailed(StreamerError):
+    """Serving a batch raised; its offsets stay uncommitted, so a restart serves it again."""

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -79,6 +80,23 @@ class Metrics:
             ["partition"],
             registry=r,
         )
+        self.commit_failures = Counter(
+            "streamer_commit_failures",
+            "Asynchronous offset commits the group coordinator refused (a later one supersedes).",
+            registry=r,
+        )
+        self.lake_dropped = Counter(
+            "streamer_lake_records_dropped",
+            "Lake records not written, by reason (the event itself was served).",
+            ["reason"],
+            registry=r,
+        )
+        self.shadow_errors = Counter(
+            "streamer_shadow_errors",
+            "Events a shadow variant's model failed to score (served traffic is unaffected).",
+            ["variant"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "streamer_model_info",
             "The model a variant serves (value is always 1).",
@@ -88,6 +106,25 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value, summed over the labels not given (0 when absent)."""
+        total = 0.0
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    total += sample.value
+        return total
+
+    def by_label(self, name: str, label: str) -> dict[str, float]:
+        """A counter's values keyed by one label (e.g. dead letters by reason)."""
+        values: dict[str, float] = {}
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                if sample.name == name and label in sample.labels:
+                    key = sample.labels[label]
+                    values[key] = values.get(key, 0.0) + sample.value
+        return values
 
 
 def observe_many(histogram: Histogram, amounts: np.ndarray) -> None:
@@ -100,20 +137,24 @@ def observe_many(histogram: Histogram, amounts: np.ndarray) -> None:
     """
     if amounts.size == 0:
         return
-    bounds = histogram._upper_bounds  # ascending, the last one +Inf
+    bounds = histogram._upper_bounds  # noqa: SLF001 - ascending, the last one +Inf
     slots = np.searchsorted(np.asarray(bounds), amounts, side="left")  # first bound >= value
     counts = np.bincount(slots, minlength=len(bounds))
-    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=False):
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=False):  # noqa: SLF001
         if count:
             bucket.inc(count)
-    histogram._sum.inc(float(amounts.sum()))
+    histogram._sum.inc(float(amounts.sum()))  # noqa: SLF001
+
+
+Readiness = Callable[[], str | None]
+"""None when ready; else the reason it is not, for /readyz."""
 
 
 class MetricsServer:
-    """Serves /metrics, /healthz (the loop is alive) and /readyz (partitions assigned)."""
+    """Serves /metrics, /healthz (the loop is alive) and /readyz (JSON: ready, or why not)."""
 
     def __init__(
-        self, metrics: Metrics, port: int, healthy: Callable[[], bool], ready: Callable[[], bool]
+        self, metrics: Metrics, port: int, healthy: Callable[[], bool], ready: Readiness
     ) -> None:
         handler = _handler(metrics, healthy, ready)
         self._server = ThreadingHTTPServer(("0.0.0.0", port), handler)  # noqa: S104 - scraped from outside
@@ -136,16 +177,20 @@ class MetricsServer:
 
 
 def _handler(
-    metrics: Metrics, healthy: Callable[[], bool], ready: Callable[[], bool]
+    metrics: Metrics, healthy: Callable[[], bool], ready: Readiness
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
-            elif path in ("/healthz", "/readyz"):
-                good = healthy() if path == "/healthz" else ready()
-                self._send(200 if good else 503, b"ok\n" if good else b"not ready\n")
+            elif path == "/healthz":
+                good = healthy()
+                self._send(200 if good else 503, b"ok\n" if good else b"stalled\n")
+            elif path == "/readyz":
+                reason = ready()
+                body = {"ready": True} if reason is None else {"ready": False, "reason": reason}
+                self._send(503 if reason else 200, orjson.dumps(body), "application/json")
             else:
                 self._send(404, b"not found\n")
 

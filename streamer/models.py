@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,8 +65,7 @@ def load_model(
             blob, sess_options=session_options(), providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # onnxruntime raises its own hierarchy for invalid graphs
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: not a loadable ONNX model: {first[:200]}") from None
+        raise ModelError(f"{path}: not a loadable ONNX model: {first_line(exc)}") from None
     inputs = session.get_inputs()
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs)
@@ -105,22 +105,72 @@ def load_model(
             model.predict(np.zeros((1, n_features), dtype=np.float32))
         except Exception as exc:
             raise ModelError(
-                f"{path}: fails on a (1, {n_features}) float32 input: "
-                f"{str(exc).splitlines()[0][:200]}"
+                f"{path}: fails on a (1, {n_features}) float32 input: {first_line(exc)}"
             ) from None
     return model
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one short line (onnxruntime's messages span many lines, or none)."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def output_types(model: Model) -> dict[str, tuple[str, tuple[int | None, ...]]]:
+    """Output name -> (ONNX type, shape without the batch dimension; None where dynamic)."""
+    specs = {o.name: o for o in model.session.get_outputs()}
+    return {
+        name: (
+            specs[name].type,
+            tuple(d if isinstance(d, int) else None for d in list(specs[name].shape)[1:]),
+        )
+        for name in model.output_names
+    }
+
+
+def check_compatible(name: str, current: Model, candidate: Model) -> Model:
+    """`candidate` with `current`'s output order if it can stand in for it; else ModelError.
+
+    Variants of one topology, and every version of one variant, must publish the same
+    fields: the same output names (in any order) with the same types and fixed dimensions.
+    """
+    have, want = output_types(candidate), output_types(current)
+    if set(candidate.output_names) != set(current.output_names):
+        raise ModelError(
+            f"{candidate.path}: variant {name} has outputs {', '.join(candidate.output_names)}, "
+            f"expected {', '.join(current.output_names)}"
+        )
+    for out, spec in want.items():
+        if have[out] != spec:
+            raise ModelError(
+                f"{candidate.path}: variant {name} output {out!r} is {_shape(have[out])}, "
+                f"expected {_shape(spec)}"
+            )
+    return dataclasses.replace(candidate, output_names=current.output_names)
+
+
+def _shape(spec: tuple[str, tuple[int | None, ...]]) -> str:
+    dims = ", ".join("?" if d is None else str(d) for d in ("N", *spec[1]))
+    return f"{spec[0]} ({dims})"
+
+
 def load_variant_models(topology: Topology) -> tuple[dict[str, Model], dict[int, ModelError]]:
-    """Every variant's model checked against the topology's features and outputs, and the
-    error of each variant (by index in `variants`) whose model cannot serve it."""
+    """Every variant's model checked against the topology's features and outputs and against
+    the first loadable variant (`check_compatible`), and the error of each variant (by index
+    in `variants`) whose model cannot serve it."""
     models: dict[str, Model] = {}
     errors: dict[int, ModelError] = {}
+    reference: Model | None = None
     for i, variant in enumerate(topology.variants):
         try:
-            models[variant.name] = load_model(
+            model = load_model(
                 variant.model, len(topology.features), topology.outputs, variant.version
             )
+            if reference is not None:
+                model = check_compatible(variant.name, reference, model)
         except ModelError as exc:
             errors[i] = exc
+            continue
+        reference = reference or model
+        models[variant.name] = model
     return models, errors

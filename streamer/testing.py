@@ -12,7 +12,8 @@ from types import TracebackType
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from streamer.agent import Agent, AgentStats, coordinates
+from streamer.agent import Agent, AgentStats
+from streamer.assembly import coordinates
 from streamer.config import Topology
 from streamer.kafka.clients import produce as produce_one
 from streamer.kafka.clients import retrying

@@ -36,7 +36,6 @@ def validate(path: str | Path) -> Validation:
     shown = str(path)
     models, errors = load_variant_models(topology)
     problems = [ConfigError(shown, f"variants[{i}].model", str(e)) for i, e in errors.items()]
-    problems += _check_outputs_agree(shown, models)
     if topology.input.format == "avro":
         problems += _check_input_schema(shown, topology)
     outputs = next(iter(models.values())).output_names if models else ()
@@ -47,21 +46,6 @@ def validate(path: str | Path) -> Validation:
         if sink.format == "avro" and sink.schema_ is not None:
             problems += _check_sink_schema(shown, key, sink.schema_, (*required, *outputs))
     return Validation(topology, models, problems)
-
-
-def _check_outputs_agree(shown: str, models: dict[str, Model]) -> list[ConfigError]:
-    names = {name: m.output_names for name, m in models.items()}
-    if len(set(names.values())) <= 1:
-        return []
-    detail = "; ".join(f"{n}: {', '.join(o)}" for n, o in names.items())
-    return [
-        ConfigError(
-            shown,
-            "variants",
-            "variants must have the same outputs (or list the "
-            f"common ones under `outputs:`): {detail}",
-        )
-    ]
 
 
 def _check_input_schema(shown: str, topology: Topology) -> list[ConfigError]:

@@ -67,3 +67,40 @@ def write_tiny_model(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.SerializeToString())
     return path
+
+
+def write_lookup_model(path: Path, *, table_size: int = 10) -> Path:
+    """A model that fails at run time on some inputs, as real graphs can.
+
+    `probabilities` (N, 2) is row int(features[:, 0]) of a (table_size, 2) table and `label`
+    its argmax; a first feature outside [-table_size, table_size) makes onnxruntime raise
+    (Gather index out of bounds) for the whole call.
+    """
+    table = np.stack([np.linspace(0, 1, table_size), np.linspace(1, 0, table_size)], axis=1)
+    nodes = [
+        helper.make_node("Gather", ["features", "first"], ["amount"], axis=1),
+        helper.make_node("Cast", ["amount"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "index"], ["probabilities"], axis=0),
+        helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "lookup",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 4])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2]),
+        ],
+        initializer=[
+            helper.make_tensor("first", TensorProto.INT64, [], [0]),
+            helper.make_tensor(
+                "table", TensorProto.FLOAT, [table_size, 2], table.astype(np.float32).ravel()
+            ),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    return path

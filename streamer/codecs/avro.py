@@ -12,6 +12,7 @@ import fastavro
 from fastavro.types import Schema
 
 from streamer.codecs.base import DecodeError, EncodeError
+from streamer.records import Reason
 
 
 def load_schema(path: Path) -> Schema:
@@ -39,19 +40,22 @@ class AvroDecoder:
 
     def decode(self, value: bytes | None) -> Mapping[str, Any]:
         if not value:
-            raise DecodeError("empty_value", "the message has no value")
+            raise DecodeError(Reason.EMPTY_VALUE, "the message has no value")
         buf = io.BytesIO(value)
         try:
             record = fastavro.schemaless_reader(buf, self.schema, None)
         except Exception as exc:  # truncated or corrupt bodies raise many types
-            raise DecodeError("undecodable", f"not an Avro record of the schema: {exc!r}") from None
+            raise DecodeError(
+                Reason.UNDECODABLE, f"not an Avro record of the schema: {exc!r}"
+            ) from None
         if buf.tell() != len(value):
             # Schemaless Avro has no framing: leftover bytes mean the writer used another schema.
             raise DecodeError(
-                "undecodable", f"{len(value) - buf.tell()} trailing bytes after the Avro record"
+                Reason.UNDECODABLE,
+                f"{len(value) - buf.tell()} trailing bytes after the Avro record",
             )
         if not isinstance(record, dict):
-            raise DecodeError("not_a_record", "the Avro value is not a record")
+            raise DecodeError(Reason.NOT_A_RECORD, "the Avro value is not a record")
         return record
 
 

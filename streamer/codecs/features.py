@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from streamer.codecs.base import DecodeError, Decoder
+from streamer.records import Reason
 
 
 @dataclass
@@ -42,6 +43,12 @@ def decode_batch(
         except DecodeError as err:
             rejected.append((i, err))
             continue
+        except Exception as exc:
+            # Hostile bytes can break any parser (RecursionError on deeply nested JSON):
+            # that is the event's fault, not the batch's.
+            detail = f"decoding raised {type(exc).__name__}: {exc}"
+            rejected.append((i, DecodeError(Reason.UNDECODABLE, detail)))
+            continue
         ok.append(i)
         records.append(record)
     matrix = _to_float32(rows, len(features))
@@ -54,7 +61,8 @@ def decode_batch(
                 (
                     ok[r],
                     DecodeError(
-                        "non_finite", f"NaN, infinite or out of float32 range: {', '.join(bad)}"
+                        Reason.NON_FINITE,
+                        f"NaN, infinite or out of float32 range: {', '.join(bad)}",
                     ),
                 )
             )
@@ -72,11 +80,11 @@ def _row(record: Mapping[str, Any], features: Sequence[str]) -> list[float]:
         try:
             value = record[name]
         except KeyError:
-            raise DecodeError("missing_field", f"field {name!r} is missing") from None
+            raise DecodeError(Reason.MISSING_FIELD, f"field {name!r} is missing") from None
         # bool is an int subclass, but True is not a meaningful feature value.
         if type(value) not in (int, float):
             raise DecodeError(
-                "wrong_type", f"field {name!r} must be a number, got {type(value).__name__}"
+                Reason.WRONG_TYPE, f"field {name!r} must be a number, got {type(value).__name__}"
             )
         row.append(value)
     return row

@@ -11,21 +11,22 @@ from typing import Any
 import orjson
 
 from streamer.codecs.base import DecodeError, EncodeError
+from streamer.records import Reason
 
 
 class JsonDecoder:
     def decode(self, value: bytes | None) -> Mapping[str, Any]:
         if not value:
-            raise DecodeError("empty_value", "the message has no value")
+            raise DecodeError(Reason.EMPTY_VALUE, "the message has no value")
         try:
             record = json.loads(value)
         except UnicodeDecodeError as exc:
-            raise DecodeError("undecodable", f"not UTF-8: {exc.reason}") from None
+            raise DecodeError(Reason.UNDECODABLE, f"not UTF-8: {exc.reason}") from None
         except ValueError as exc:
-            raise DecodeError("undecodable", f"not JSON: {exc}") from None
+            raise DecodeError(Reason.UNDECODABLE, f"not JSON: {exc}") from None
         if not isinstance(record, dict):
             kind = type(record).__name__
-            raise DecodeError("not_a_record", f"expected a JSON object, got {kind}")
+            raise DecodeError(Reason.NOT_A_RECORD, f"expected a JSON object, got {kind}")
         return record
 
 

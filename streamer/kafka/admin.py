@@ -9,6 +9,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, not in stubs
     AdminClient,
     ClusterMetadata,
+    ConfigResource,
     NewTopic,
 )
 
@@ -83,3 +84,21 @@ def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout_s: float) -
                 f"topic(s) {', '.join(pending)} have no leader after {timeout_s:.0f}s"
             )
         time.sleep(0.1)
+
+
+PRODUCER_MAX_BYTES = 1_000_000
+"""librdkafka's default `message.max.bytes`: larger records are refused before sending."""
+
+
+def record_limits(admin: AdminClient, topology: Topology, timeout_s: float) -> dict[str, int]:
+    """Per topic the agent writes: the largest record it accepts (the topic's
+    `max.message.bytes`, capped by the producer's `message.max.bytes`)."""
+    producer_max = int(topology.kafka.config.get("message.max.bytes", PRODUCER_MAX_BYTES))
+    topics = [topology.output.topic, topology.lake.topic, topology.dead_letter.topic]
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics]
+    limits = {}
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout_s).items():
+        entry = future.result().get("max.message.bytes")
+        topic_max = int(entry.value) if entry is not None and entry.value else producer_max
+        limits[resource.name] = min(topic_max, producer_max)
+    return limits

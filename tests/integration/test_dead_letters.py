@@ -17,7 +17,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, n
 from streamer.demo.data import generate_transactions
 from streamer.errors import DeliveryFailed
 from streamer.kafka.admin import create_topics
-from streamer.sinks import DETAIL_HEADER, ERROR_HEADER
+from streamer.records import DETAIL_HEADER, ERROR_HEADER
 from streamer.testing import RunningAgent, committed_offsets, consume, produce
 from tests.conftest import TRANSACTION, TopologyFactory
 from tests.onnx_models import write_tiny_model
@@ -118,21 +118,21 @@ def test_a_model_returning_nan_dead_letters_that_event_and_serves_the_rest(
     assert "e7" not in {json.loads(r.value or b"")["id"] for r in lake}
 
 
-def test_an_unacknowledged_record_stops_the_agent_and_its_batch_stays_uncommitted(
+def test_a_record_the_broker_refuses_stops_the_agent_uncommitted_and_names_the_topic(
     make_topology: TopologyFactory, kafka: str
 ) -> None:
     topology = make_topology(partitions=1, create=False)
     admin = AdminClient({"bootstrap.servers": kafka})
-    # The broker refuses lake records: they are larger than this topic accepts.
-    tiny = NewTopic(topology.lake.topic, 1, 1, config={"max.message.bytes": "64"})
-    admin.create_topics([tiny])[topology.lake.topic].result()
+    # The dead-letter topic refuses records larger than 64 bytes: a dead letter that cannot
+    # be written is a real loss, so the agent must stop without committing its batch.
+    tiny = NewTopic(topology.dead_letter.topic, 1, 1, config={"max.message.bytes": "64"})
+    admin.create_topics([tiny])[topology.dead_letter.topic].result()
     del admin  # the raised error's traceback would keep it (and its log lines) alive
     create_topics(topology)
-    events = generate_transactions(20, seed=71)
-    produce(kafka, topology.input.topic, ((None, TRANSACTION.encode(e)) for e in events))
+    produce(kafka, topology.input.topic, [(b"k", b"not avro " * 20)])
     with (
         RunningAgent(topology) as running,
-        pytest.raises(DeliveryFailed, match="not acknowledged"),
+        pytest.raises(DeliveryFailed, match=f"not acknowledged.*{topology.dead_letter.topic}"),
     ):
         running.wait_until(10**9, timeout_s=60)
     committed = committed_offsets(kafka, topology.group_id, topology.input.topic, 1)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from streamer.batching import MicroBatcher
+from streamer.batching import IDLE_WAIT_S, MicroBatcher
 
 
 class FakeClock:
@@ -77,7 +77,7 @@ def test_full_batch_returns_immediately() -> None:
     batch = next_batch(batcher, source)
     assert batch == list(range(64))
     assert clock.now == start  # no waiting at all
-    assert source.calls == [(64, 0.005)]
+    assert source.calls == [(64, 0.0)]
     assert next_batch(batcher, source) == list(range(64, 128))
 
 
@@ -99,8 +99,9 @@ def test_trickle_returns_partial_batch_once_max_wait_elapsed() -> None:
     assert clock.now - start == pytest.approx(0.010)  # not before the wait ran out
     assert all(t <= 0.010 + 1e-12 for _, t in source.calls)
     second = next_batch(batcher, source)
-    assert second == [4, 5, 6]  # 12, 15, 18 ms; the next window closed at 20 ms
-    assert clock.now - start == pytest.approx(0.020)
+    # The next batch opens with the item at 12 ms and closes 10 ms later: 12, 15, 18, 21.
+    assert second == [4, 5, 6, 7]
+    assert clock.now - start == pytest.approx(0.022)
 
 
 def test_partial_batch_never_returned_before_max_wait() -> None:
@@ -112,17 +113,28 @@ def test_partial_batch_never_returned_before_max_wait() -> None:
     assert len(source.calls) >= 2
 
 
-def test_idle_source_returns_empty_after_max_wait() -> None:
+def test_idle_source_waits_once_for_a_first_item_then_returns_empty() -> None:
     batcher, source, clock = make([], 512, 5)
     start = clock.now
     assert next_batch(batcher, source) == []
-    assert clock.now - start == pytest.approx(0.005)
-    assert source.calls == [(512, 0.005)]
+    assert clock.now - start == pytest.approx(IDLE_WAIT_S)
+    # One item is asked for: a source that waits for all it is asked for must not hold
+    # a lone event for the whole idle wait.
+    assert source.calls == [(512, 0.0), (1, IDLE_WAIT_S)]
+
+
+def test_a_batch_opens_with_its_first_item_not_with_the_call() -> None:
+    # Idle for 50 ms, then an item; max_wait 5 ms: the batch closes 5 ms after the item.
+    batcher, source, clock = make([(0.050, 1), (0.052, 2), (0.060, 3)], 10, 5)
+    start = clock.now
+    assert next_batch(batcher, source) == [1, 2]
+    assert clock.now - start == pytest.approx(0.055)
 
 
 def test_source_returning_early_is_asked_again_until_the_deadline() -> None:
     class EarlySource:
-        """Returns nothing after 1 ms (a spurious wake-up), then an item at 3 ms."""
+        """An item 1 ms into the idle wait; afterwards every fetch returns nothing after
+        at most 1 ms (spurious wake-ups)."""
 
         def __init__(self, clock: FakeClock) -> None:
             self.clock = clock
@@ -131,19 +143,17 @@ def test_source_returning_early_is_asked_again_until_the_deadline() -> None:
 
         def fetch(self, max_items: int, timeout_s: float) -> Sequence[int]:
             self.calls.append((max_items, timeout_s))
-            self.clock.now += timeout_s if timeout_s < 0.0015 else 0.001
-            return [7] if len(self.calls) == 3 else []
+            self.clock.now += min(timeout_s, 0.001)
+            return [7] if len(self.calls) == 2 else []
 
     clock = FakeClock()
     source = EarlySource(clock)
     batcher = MicroBatcher(source, 8, 5, clock=clock)
     assert batcher.next_batch() == [7]
-    assert clock.now - source.start == pytest.approx(0.005)
-    assert [n for n, _ in source.calls] == [8, 8, 8, 7, 7]
-    timeouts = [t for _, t in source.calls]
-    assert timeouts == sorted(timeouts, reverse=True)
-    assert timeouts[0] == pytest.approx(0.005)
-    assert timeouts[-1] == pytest.approx(0.001)
+    assert clock.now - source.start == pytest.approx(0.001 + 0.005)
+    assert [n for n, _ in source.calls] == [8, 1, 7, 7, 7, 7, 7]
+    timeouts = [t for _, t in source.calls[2:]]
+    assert timeouts == pytest.approx([0.005, 0.004, 0.003, 0.002, 0.001])
 
 
 def test_max_wait_zero_makes_one_non_blocking_fetch() -> None:
@@ -153,11 +163,12 @@ def test_max_wait_zero_makes_one_non_blocking_fetch() -> None:
     assert source.calls == [(10, 0.0)]
     assert clock.now == start
 
+    # Idle, it blocks for a first item instead of spinning on non-blocking fetches.
     idle, idle_source, idle_clock = make([], 10, 0)
     before = idle_clock.now
     assert next_batch(idle, idle_source) == []
-    assert idle_source.calls == [(10, 0.0)]
-    assert idle_clock.now == before
+    assert idle_source.calls == [(10, 0.0), (1, IDLE_WAIT_S)]
+    assert idle_clock.now - before == pytest.approx(IDLE_WAIT_S)
 
 
 def test_fetch_asked_only_for_the_remaining_room() -> None:
@@ -207,13 +218,16 @@ def test_random_traffic_properties(seed: int) -> None:
         arrivals.append((t, i))
     max_batch, max_wait_ms = 16, 4
     batcher, source, clock = make(arrivals, max_batch, max_wait_ms)
+    arrived = {i: clock.now + t for t, i in arrivals}
     got: list[int] = []
     for _ in range(10_000):
         if len(got) == 2000:
             break
         start = clock.now
         batch = next_batch(batcher, source)
-        elapsed = clock.now - start
+        assert batch, "gaps are shorter than the idle wait"
+        opened = max(start, arrived[batch[0]])
+        elapsed = clock.now - opened
         assert len(batch) <= max_batch
         assert elapsed <= max_wait_ms / 1000 + 1e-9
         if len(batch) < max_batch:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from confluent_kafka import KafkaError
+
 from streamer.commits import InFlight, InFlightBatch
+
+TIMED_OUT = KafkaError(KafkaError._MSG_TIMED_OUT)
+A, B1, B2 = (KafkaError(KafkaError._MSG_TIMED_OUT, reason) for reason in ("a", "b1", "b2"))
 
 
 def produce(batch: InFlightBatch, n: int) -> None:
@@ -10,7 +15,7 @@ def produce(batch: InFlightBatch, n: int) -> None:
         batch.sent()
 
 
-def ack(batch: InFlightBatch, n: int = 1, err: object = None) -> None:
+def ack(batch: InFlightBatch, n: int = 1, err: KafkaError | None = None) -> None:
     for _ in range(n):
         batch.on_delivery(err, None)
 
@@ -95,14 +100,14 @@ def test_delivery_error_blocks_and_is_reported() -> None:
     produce(second, 1)
     assert inflight.failed() == []
     ack(first)
-    ack(first, err="KafkaError{code=MSG_TIMED_OUT}")
+    ack(first, err=TIMED_OUT)
     ack(second)
     assert first.outstanding == 0
-    assert inflight.failed() == ["KafkaError{code=MSG_TIMED_OUT}"]
+    assert inflight.failed() == [f"?: {TIMED_OUT}"]
     # Neither the failed batch nor the acked batch behind it may commit.
     assert inflight.pop_committable() == {}
     assert len(inflight) == 2
-    assert inflight.failed() == ["KafkaError{code=MSG_TIMED_OUT}"]
+    assert inflight.failed() == [f"?: {TIMED_OUT}"]
 
 
 def test_failed_lists_failures_of_every_batch_in_flight() -> None:
@@ -111,10 +116,10 @@ def test_failed_lists_failures_of_every_batch_in_flight() -> None:
     b = inflight.open([("tx", 1, 0)])
     produce(a, 1)
     produce(b, 2)
-    ack(a, err="boom-a")
-    ack(b, err="boom-b1")
-    ack(b, err="boom-b2")
-    assert inflight.failed() == ["boom-a", "boom-b1", "boom-b2"]
+    ack(a, err=A)
+    ack(b, err=B1)
+    ack(b, err=B2)
+    assert inflight.failed() == [f"?: {e}" for e in (A, B1, B2)]
 
 
 def test_failures_after_commit_are_not_reported() -> None:

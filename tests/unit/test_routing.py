@@ -1,18 +1,11 @@
-"""Router: weighted, sticky, exhaustive splits; Scorer: served + shadow scoring of a batch."""
+"""Router: weighted, sticky, exhaustive splits."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import onnxruntime as ort
 import pytest
 
-from streamer.demo.data import FEATURES, feature_matrix, generate_transactions
-from streamer.inference import Scorer, VariantScores
-from streamer.models import Model, load_model, session_options
 from streamer.routing import Router
-from tests.onnx_models import write_tiny_model
 
 IDS = [f"tx-{i:09d}" for i in range(20_000)]
 
@@ -114,107 +107,3 @@ def test_invalid_weights_rejected(weights: dict[str, float]) -> None:
 
 
 # --- Scorer with the real demo models --------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def models(demo_models: dict[str, Path]) -> dict[str, Model]:
-    return {
-        "champion": load_model(demo_models["fraud_v1"], len(FEATURES)),
-        "challenger": load_model(demo_models["fraud_v2"], len(FEATURES)),
-        "candidate": load_model(demo_models["fraud_v3"], len(FEATURES)),
-    }
-
-
-@pytest.fixture(scope="module")
-def batch() -> tuple[np.ndarray, list[str]]:
-    events = generate_transactions(600, seed=11)
-    return feature_matrix(events), [str(e["id"]) for e in events]
-
-
-def _reference(path: Path, features: np.ndarray) -> dict[str, np.ndarray]:
-    # The same settings the engine uses, so the float32 results must match bit for bit.
-    session = ort.InferenceSession(
-        str(path), sess_options=session_options(), providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, {"features": features}), strict=True))
-
-
-def test_scorer_serves_partition_and_shadows_score_everything(
-    models: dict[str, Model], batch: tuple[np.ndarray, list[str]]
-) -> None:
-    features, ids = batch
-    router = Router({"champion": 0.7, "challenger": 0.3})
-    results = Scorer(models, router, shadows=["candidate"]).score(features, ids)
-    by_name = {r.variant: r for r in results}
-    assert set(by_name) == {"champion", "challenger", "candidate"}
-
-    served = [r for r in results if not r.shadow]
-    rows = np.concatenate([r.rows for r in served])
-    assert sorted(rows.tolist()) == list(range(len(ids)))
-    assert by_name["champion"].propensity == pytest.approx(0.7)
-    assert by_name["challenger"].propensity == pytest.approx(0.3)
-
-    shadow = by_name["candidate"]
-    assert shadow.shadow is True
-    assert shadow.propensity == 1.0
-    assert shadow.rows.tolist() == list(range(len(ids)))
-
-    for r in results:
-        assert r.version == models[r.variant].version
-        assert r.seconds >= 0
-        assert set(r.outputs) == {"label", "probabilities"}
-        assert all(len(values) == len(r.rows) for values in r.outputs.values())
-
-
-def test_scorer_outputs_are_python_values_equal_to_onnxruntime(
-    models: dict[str, Model],
-    batch: tuple[np.ndarray, list[str]],
-    demo_models: dict[str, Path],
-) -> None:
-    features, ids = batch
-    stems = {"champion": "fraud_v1", "challenger": "fraud_v2", "candidate": "fraud_v3"}
-    router = Router({"champion": 0.5, "challenger": 0.5})
-    results = Scorer(models, router, shadows=["candidate"]).score(features, ids)
-    for r in results:
-        ref = _reference(demo_models[stems[r.variant]], features[r.rows])
-        labels = r.outputs["label"]
-        probabilities = r.outputs["probabilities"]
-        assert all(type(v) is int for v in labels)  # a single value per row: a number
-        assert all(type(p) is list and len(p) == 2 for p in probabilities)
-        assert all(type(x) is float for p in probabilities for x in p)
-        assert labels == ref["label"].reshape(-1).tolist()
-        assert probabilities == ref["probabilities"].tolist()
-
-
-def test_scorer_single_variant_scores_whole_batch_without_copy(
-    models: dict[str, Model], batch: tuple[np.ndarray, list[str]]
-) -> None:
-    features, ids = batch
-    results = Scorer(models, Router({"challenger": 1.0}), shadows=[]).score(features, ids)
-    (only,) = results
-    assert (only.variant, only.shadow, only.propensity) == ("challenger", False, 1.0)
-    assert only.rows.tolist() == list(range(len(ids)))
-
-
-def test_scorer_skips_variants_without_rows(
-    models: dict[str, Model], batch: tuple[np.ndarray, list[str]]
-) -> None:
-    features, ids = batch
-    router = Router({"champion": 1.0, "challenger": 0.0})
-    results: list[VariantScores] = Scorer(models, router, shadows=["candidate"]).score(
-        features[:10], ids[:10]
-    )
-    assert [(r.variant, r.shadow) for r in results] == [
-        ("champion", False),
-        ("candidate", True),
-    ]
-
-
-def test_scorer_flags_rows_with_non_finite_outputs(tmp_path: Path) -> None:
-    model = load_model(write_tiny_model(tmp_path / "tiny.onnx"), 4)
-    scorer = Scorer({"a": model}, Router({"a": 1.0}), [])
-    # 3e38 is a finite float32, but the linear model's sums overflow to inf / NaN.
-    features = np.array([[1, 2, 3, 4], [3e38, 3e38, 3e38, 3e38]], dtype=np.float32)
-    (scores,) = scorer.score(features, ["x", "y"])
-    assert scores.finite.tolist() == [True, False]

@@ -15,6 +15,7 @@ from typer.testing import CliRunner, Result
 
 from streamer.cli import app
 from streamer.config import BOOTSTRAP_ENV, load_topology
+from streamer.validate import validate
 from tests.onnx_models import OnnxFactory
 
 FEATURES = ["amount", "age_days", "hour", "merchant_risk"]
@@ -102,6 +103,7 @@ def ws(tmp_path: Path, tiny_model: OnnxFactory) -> Workspace:
     tiny_model(models / "three_wide.onnx", width=3)
     tiny_model(models / "int_input.onnx", dtype="int64")
     tiny_model(models / "probabilities_only.onnx", outputs=("probabilities",))
+    tiny_model(models / "reordered.onnx", outputs=("probabilities", "label"))
     (models / "random.onnx").write_bytes(os.urandom(512))
     (schemas / "transaction.avsc").write_text(json.dumps(TRANSACTION))
     (schemas / "not_avro.avsc").write_text(
@@ -297,8 +299,8 @@ BROKEN: list[tuple[str, Mutation, str, str]] = [
     (
         "variants-disagree-on-outputs",
         _set("variants[1].model", "../models/probabilities_only.onnx"),
-        "variants: ",
-        "variants must have the same outputs",
+        "variants[1].model: ",
+        "has outputs probabilities, expected label, probabilities",
     ),
     (
         "duplicate-variant",
@@ -461,6 +463,17 @@ def test_valid_topology_passes_with_one_line(ws: Workspace) -> None:
     assert result.stdout.splitlines() == [
         f"{path}: ok: fraud: 4 features, variants champion, challenger"
     ]
+
+
+def test_same_outputs_in_another_order_are_accepted_and_published_in_one_order(
+    ws: Workspace,
+) -> None:
+    spec = base_spec()
+    spec["variants"][1]["model"] = "../models/reordered.onnx"
+    path = ws.write("reordered", spec)
+    result = validate(path)
+    assert result.problems == []
+    assert [m.output_names for m in result.models.values()] == [("label", "probabilities")] * 2
 
 
 def test_valid_topology_with_avro_sinks_bandit_and_shadow(ws: Workspace) -> None:
