@@ -4,6 +4,7 @@ librdkafka logs routed to Python logging, and errors reported through one callba
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -13,9 +14,17 @@ from confluent_kafka.admin import AdminClient
 
 from streamer.config import KafkaSettings
 from streamer.errors import KafkaUnavailable
+from streamer.logs import ALWAYS, RecentMessages, RepeatFilter
 
 log = logging.getLogger("streamer.kafka")
 _librdkafka_log = logging.getLogger("streamer.kafka.librdkafka")
+_librdkafka_said = RecentMessages()
+_repeats = RepeatFilter()
+# One report per problem and window from both loggers; what librdkafka said is remembered
+# before the repeat filter can drop it, so error_cb knows it need not say it again.
+_librdkafka_log.addFilter(_librdkafka_said)
+_librdkafka_log.addFilter(_repeats)
+log.addFilter(_repeats)
 
 Settings = Mapping[str, str | int | float | bool]
 T = TypeVar("T")
@@ -74,7 +83,10 @@ def _transient(exc: KafkaException) -> bool:
 
 def _error_cb(err: KafkaError) -> None:
     if err.fatal():
-        log.error("fatal Kafka error: %s", err)
+        log.error("fatal Kafka error: %s", err, extra={ALWAYS: True})
+    elif _librdkafka_said.mention(err.str()):
+        # librdkafka's own log line has reported it already (it logs most connection errors).
+        log.debug("Kafka: %s", err)
     else:
         log.warning("Kafka: %s", err)
 
@@ -151,8 +163,38 @@ def produce(
             producer.poll(0.05)
 
 
-def make_admin(kafka: KafkaSettings) -> AdminClient:
-    return AdminClient(_base(kafka, {}, None))
+def make_admin(kafka: KafkaSettings, on_error: ErrorHook | None = None) -> AdminClient:
+    """An admin client; its errors and librdkafka's log lines are served by `poll()`."""
+    return AdminClient(_base(kafka, {}, on_error))
+
+
+_CREDENTIAL_ERRORS = frozenset(
+    {KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED}
+)
+_STATE_SUFFIX = re.compile(r"\s*\(after \d+ms in state \w+[^)]*\)$")
+"""librdkafka's "(after 0ms in state AUTH_HANDSHAKE)": its connection-state machine."""
+
+
+class _LastError:
+    """Keeps the most telling error a client reported: why brokers are down, not that they are."""
+
+    def __init__(self) -> None:
+        self.error: KafkaError | None = None
+
+    def __call__(self, err: KafkaError) -> None:
+        if err.code() != KafkaError._ALL_BROKERS_DOWN or self.error is None:
+            self.error = err
+
+    def reason(self) -> str:
+        if self.error is None:
+            return ""
+        text = " ".join(_STATE_SUFFIX.sub("", self.error.str()).split()).rstrip(" :")
+        return f": {text}"
+
+    def hint(self) -> str:
+        if self.error is not None and self.error.code() in _CREDENTIAL_ERRORS:
+            return "check the security settings (security.protocol, sasl.*, ssl.*) in kafka.config"
+        return "check kafka.bootstrap_servers or $STREAMER_BOOTSTRAP_SERVERS"
 
 
 def wait_for_cluster(
@@ -163,7 +205,8 @@ def wait_for_cluster(
     Asks in slices of at most a second, so signal handlers run while a broker is still
     unreachable; once `cancelled()` is true it returns the (unconnected) client at once.
     """
-    admin = make_admin(kafka)
+    last = _LastError()
+    admin = make_admin(kafka, last)
     deadline = time.monotonic() + timeout_s
     while not cancelled():
         remaining = deadline - time.monotonic()
@@ -174,11 +217,13 @@ def wait_for_cluster(
                 return admin
         except KafkaException:  # not reachable yet
             time.sleep(0.05)
+        finally:
+            admin.poll(0)  # serves error_cb: librdkafka's reason, kept by `last`
     if cancelled():
         return admin
     raise KafkaUnavailable(
-        f"cannot reach Kafka at {kafka.bootstrap_servers} within {timeout_s:.0f}s "
-        "(check kafka.bootstrap_servers or $STREAMER_BOOTSTRAP_SERVERS)"
+        f"cannot reach Kafka at {kafka.bootstrap_servers} within {timeout_s:.0f}s"
+        f"{last.reason()} ({last.hint()})"
     )
 
 
