@@ -32,7 +32,7 @@ from streamer.codecs import make_decoder, make_encoder
 from streamer.commits import AtLeastOnce
 from streamer.config import Topology
 from streamer.errors import BatchFailed, DeliveryFailed, StreamerError
-from streamer.kafka.admin import record_limits
+from streamer.kafka.admin import PRODUCER_MAX_BYTES, record_limits
 from streamer.kafka.clients import (
     KafkaBatchSource,
     make_consumer,
@@ -155,7 +155,11 @@ class Agent:
             )
         server = self._start_metrics_server()
         log.info("cluster settings: %s", t.kafka.redacted())
-        producer = make_producer(t.kafka, {}, self._kafka_error)
+        # A topic's max.message.bytes bounds whole record batches, and librdkafka cannot
+        # split a refused batch: never batch more than the smallest topic takes.
+        batch_bytes = min(dest.max_bytes.values(), default=PRODUCER_MAX_BYTES)
+        overrides = {"batch.size": batch_bytes} if batch_bytes < PRODUCER_MAX_BYTES else {}
+        producer = make_producer(t.kafka, overrides, self._kafka_error)
         committer: AtLeastOnce | None = None
         consumer = make_consumer(
             t.kafka, t.group_id, self._kafka_error, lambda e, p: self._on_commit(committer, e, p)
