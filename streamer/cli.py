@@ -15,7 +15,7 @@ from typing import Annotated, NoReturn
 import typer
 from confluent_kafka import KafkaException
 
-from streamer.agent import Agent
+from streamer.agent import CONNECT_TIMEOUT_S, DRAIN_TIMEOUT_S, Agent
 from streamer.config import Topology, load_topology
 from streamer.errors import StreamerError
 from streamer.kafka.admin import create_topics
@@ -109,13 +109,21 @@ def run(
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "info",
     connect_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds to wait for the cluster before exit 1.")
-    ] = 30.0,
+    ] = CONNECT_TIMEOUT_S,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Seconds a stop waits for in-flight records before exit 1 (uncommitted)."
+        ),
+    ] = DRAIN_TIMEOUT_S,
 ) -> None:
     """Run an agent until SIGTERM/SIGINT; then finish the batch, flush, commit and exit 0."""
     _setup_logging(log_level)
     loaded, models = _validated(topology)
     with _user_errors(topology):
-        agent = Agent(loaded, models, connect_timeout_s=connect_timeout)
+        agent = Agent(
+            loaded, models, connect_timeout_s=connect_timeout, drain_timeout_s=drain_timeout
+        )
 
         def _stop(signum: int, _frame: FrameType | None) -> None:
             name = signal.Signals(signum).name

@@ -9,6 +9,8 @@ whose serving raised is abandoned and never committed, nor is anything after it.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -160,6 +162,8 @@ class AtLeastOnce:
         self._in_flight = InFlight()
         self._served_to: dict[Partition, int] = {}
         """Per input partition, the offset after the last event whose batch was acknowledged."""
+        self._hurry = False
+        """Closing with records unacknowledged: nothing may wait for the cluster any more."""
 
     # -- the batch loop -------------------------------------------------------------------
     def begin(
@@ -190,16 +194,33 @@ class AtLeastOnce:
             self._commit(asynchronous=True)
 
     def close(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
         try:
             remaining = self.producer.flush(timeout_s)
-            self._commit(asynchronous=False)
             if remaining:
+                # The cluster is not answering: commit what is done without waiting for it,
+                # and let the hand-over in consumer.close() wait for nothing either.
+                self._hurry = True
+                self._commit(asynchronous=True)
                 raise DeliveryFailed(
                     f"{remaining} record(s) unacknowledged after {timeout_s:.0f}s; "
                     "their input offsets stay uncommitted and will be served again"
                 )
+            self._commit(asynchronous=False)
         finally:
+            self._leave_group(deadline)
+
+    def _leave_group(self, deadline: float) -> None:
+        if not self._hurry:
             self.consumer.close()
+            return
+        # librdkafka's close waits for the coordinator, which is not answering: give it
+        # what is left of the drain time, then leave it to the session timeout.
+        closer = threading.Thread(target=self.consumer.close, name="consumer-close", daemon=True)
+        closer.start()
+        closer.join(max(deadline - time.monotonic(), 0.5))
+        if closer.is_alive():
+            log.warning("leaving the consumer group timed out; the session timeout ends it")
 
     # -- rebalances (confluent-kafka callbacks, run inside consume) ------------------------
     def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -209,8 +230,9 @@ class AtLeastOnce:
     def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Hand partitions over with everything served so far committed, so the next owner
         # does not serve it again.
-        self.producer.flush(self.drain_timeout_s)
-        self._commit(asynchronous=False)
+        if not self._hurry:
+            self.producer.flush(self.drain_timeout_s)
+            self._commit(asynchronous=False)
         self._forget(partitions)
 
     def on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:

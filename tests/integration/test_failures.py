@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, n
 
 from streamer.config import Topology
 from streamer.kafka.admin import create_topics
+from streamer.kafka.local import LocalKafka, running_pid
 from streamer.records import ERROR_HEADER
 from streamer.testing import RunningAgent, committed_offsets, consume, produce
 from tests.conftest import TopologyFactory
@@ -225,3 +227,49 @@ def test_an_idle_agent_with_max_wait_zero_does_not_spin(
         running.stop()
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert cpu < 0.5 * wall, f"an idle agent used {cpu:.2f}s of CPU in {wall:.2f}s"
+
+
+def test_sigterm_while_the_broker_hangs_drains_within_the_timeout_and_loses_nothing(
+    make_topology: TopologyFactory, kafka: str, kafka_broker: LocalKafka
+) -> None:
+    topology = json_topology(
+        make_topology,
+        partitions=1,
+        batching={"max_batch_size": 50, "max_wait_ms": 5, "max_in_flight_batches": 1},
+    )
+    n = 20_000
+    events = [event(i) for i in range(n)]
+    produce(
+        kafka, topology.input.topic, ((e["id"].encode(), json.dumps(e).encode()) for e in events)
+    )
+    assert topology.source is not None
+    cmd = [sys.executable, "-m", "streamer", "run", str(topology.source), "--log-level", "error"]
+    agent = subprocess.Popen([*cmd, "--drain-timeout", "5"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while committed_offsets(kafka, topology.group_id, topology.input.topic, 1)[0] < 500:
+        assert agent.poll() is None and time.monotonic() < deadline, "the agent is not serving"
+        time.sleep(0.05)
+    broker = running_pid(kafka_broker)
+    assert broker is not None
+    os.kill(broker, signal.SIGSTOP)  # a hung broker: nothing is acknowledged any more
+    try:
+        time.sleep(0.5)  # the in-flight batch is now waiting for acknowledgements
+        stopped_at = time.monotonic()
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=60)
+        took = time.monotonic() - stopped_at
+    finally:
+        os.kill(broker, signal.SIGCONT)
+    assert took < 5 + 3, f"SIGTERM took {took:.1f}s with a 5 s drain timeout"
+    assert "Traceback" not in err
+    assert agent.returncode == 1 and "unacknowledged after 5s" in err, err
+
+    restarted = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while committed_offsets(kafka, topology.group_id, topology.input.topic, 1)[0] < n:
+        assert restarted.poll() is None and time.monotonic() < deadline, "restart stalled"
+        time.sleep(0.2)
+    restarted.send_signal(signal.SIGTERM)
+    restarted.communicate(timeout=60)
+    ids = {json.loads(r.value or b"")["id"] for r in consume(kafka, topology.output.topic, n)}
+    assert ids == {e["id"] for e in events}
