@@ -54,7 +54,7 @@ def test_metrics_endpoints_report_what_the_agent_did(
     assert "streamer_events_consumed_total 501.0" in body
     assert 'streamer_predictions_total{shadow="false",variant="champion"} 500.0' in body
     assert 'streamer_dead_letters_total{reason="undecodable"} 1.0' in body
-    assert "streamer_batch_size_count" in body
+    assert "streamer_batch_size_sum 501.0" in body  # every event in exactly one batch
     assert 'streamer_inference_seconds_count{variant="champion"}' in body
     assert "streamer_end_to_end_seconds_count 500.0" in body
     assert 'streamer_variant_weight{variant="champion"} 1.0' in body
