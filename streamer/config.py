@@ -1,6 +1,6 @@
 """The topology file: pydantic models, loading, path resolution and env overrides.
 
-Every key of DESIGN.md's topology file is modelled here with its default; unknown keys are
+Every topology key of docs/contracts.md is modelled here with its default; unknown keys are
 errors (a typo must not silently fall back to a default). Problems come out as
 `ConfigError`s naming the file and the dotted key.
 """

@@ -1,4 +1,4 @@
-"""Prometheus metrics (DESIGN.md names) and the /metrics, /healthz, /readyz server."""
+"""Prometheus metrics (docs/contracts.md lists them) and the /metrics, /healthz, /readyz server."""
 
 from __future__ import annotations
 
