@@ -208,7 +208,7 @@ class Topology(_Model):
     """Record fields that become float32 model input columns, in this order."""
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     variants: list[VariantSpec] = Field(min_length=1)
-    outputs: list[str] | None = None
+    outputs: list[str] | None = Field(default=None, min_length=1)
     """ONNX outputs to publish (default: all of them)."""
     output: SinkSpec
     lake: SinkSpec
