@@ -1,11 +1,12 @@
 """Profile the engine in-process on the throughput benchmark's workload (cProfile).
 
     .venv/bin/python -m benchmarks.profile_engine [--events N] [--partitions P]
-        [--bootstrap 127.0.0.1:9092] [--out benchmarks/results/engine_profile.txt]
+        [--batch-size B] [--out benchmarks/results/engine_profile.txt]
 
-Pre-loads N demo events like `benchmarks.throughput`, then runs `streamer.agent.Agent` on the
-same one-variant topology in this process's main thread under cProfile (cProfile sees only
-the thread that enabled it), while a helper thread stops the agent once all N are served.
+Starts its own broker and pre-loads N demo events like `benchmarks.throughput`, then runs
+`streamer.agent.Agent` on the same one-variant topology in this process's main thread under
+cProfile (cProfile sees only the thread that enabled it), while a helper thread stops the
+agent once all N are served.
 Writes the top functions by own time and by cumulative time to --out, and the raw stats
 next to it (.prof, for snakeviz or pstats).
 """
@@ -13,39 +14,25 @@ next to it (.prof, for snakeviz or pstats).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import io
-import os
 import pstats
-import shutil
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
-
 from benchmarks.throughput import (
     DEFAULT_BATCH,
-    DEFAULT_BOOTSTRAP,
     DEFAULT_PARTITIONS,
     MODEL_STEM,
-    MODELS_DIR,
-    check_bootstrap,
-    delete_topics,
     engine_topology,
+    local_broker,
     preload,
 )
 from streamer.agent import Agent, AgentStats
-from streamer.config import BOOTSTRAP_ENV, load_topology
-from streamer.demo.train import ensure_models
-from streamer.kafka.admin import create_topics
+from streamer.testing import unique
 
 DEFAULT_EVENTS = 100_000
 DEFAULT_OUT = Path("benchmarks/results/engine_profile.txt")
@@ -101,31 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=DEFAULT_EVENTS)
     parser.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
-    parser.add_argument("--bootstrap", type=check_bootstrap, default=DEFAULT_BOOTSTRAP)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    os.environ[BOOTSTRAP_ENV] = args.bootstrap
     n, parts = args.events, args.partitions
-
-    model = ensure_models(MODELS_DIR)[MODEL_STEM]
-    admin = AdminClient({"bootstrap.servers": args.bootstrap})
-    run_id = uuid.uuid4().hex[:8]
-    name = f"bench-{run_id}-prof"
-    input_topic = f"{name}-in"
-    topics = [input_topic, f"{name}-out", f"{name}-lake", f"{name}-dlq"]
-    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
-    try:
-        preload(args.bootstrap, admin, input_topic, n, parts)
-        path = workdir / f"{name}.yaml"
-        spec = engine_topology(name, args.bootstrap, input_topic, model, parts, args.batch_size)
-        path.write_text(yaml.safe_dump(spec, sort_keys=False))
-        topology = load_topology(path)
-        create_topics(topology)
+    with local_broker() as bootstrap:
+        name = unique("bench-prof")
+        topology = engine_topology(name, bootstrap, f"{name}-in", parts, args.batch_size)
+        preload(topology, n)
         profiler, serving_s = profile_agent(Agent(topology), n, TIMEOUT_S)
-    finally:
-        with contextlib.suppress(KafkaException):
-            delete_topics(admin, topics, [f"{name}.agent"])  # Topology.group_id
-        shutil.rmtree(workdir, ignore_errors=True)
 
     header = (
         f"engine in-process under cProfile: {n:,} events, {parts} partitions, batch "
