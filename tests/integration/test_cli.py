@@ -135,7 +135,9 @@ def test_run_fails_in_one_line_on_an_invalid_librdkafka_setting(
         create=False,
         kafka=lambda _: {"bootstrap_servers": "127.0.0.1:1", "config": {"no.such.setting": 1}},
     )
-    result = _streamer("run", str(topology.source), "--connect-timeout", "1")
+    result = _streamer(
+        "run", str(topology.source), "--connect-timeout", "1", "--log-level", "error"
+    )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no.such.setting" in lines[0], result.stderr
