@@ -137,6 +137,7 @@ def _live_view(
     deadline = began + max(events / 500.0, 120.0)
     while time.monotonic() < deadline and not errors and running.error is None:
         time.sleep(1.0)
+        stats = running.agent.stats  # a snapshot of the agent's metrics
         done = stats.served + stats.dead_letters
         now = time.monotonic()
         echo(
