@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import psutil
 from confluent_kafka.admin import AdminClient
 
 from streamer.errors import LocalKafkaError
@@ -82,13 +82,13 @@ class StartResult:
 def start(broker: LocalKafka, timeout_s: float = START_TIMEOUT_S) -> StartResult:
     """Start the broker unless it already runs; return once it answers a metadata request."""
     began = time.monotonic()
-    pid = running_pid(broker)
-    if pid is not None:
+    running = _running(broker)
+    if running is not None:
         # Ours is already running (maybe still starting): wait for it, never start a second.
-        if _await_broker(broker, pid, began + timeout_s):
-            return StartResult(broker.bootstrap, pid, True, time.monotonic() - began)
+        if _await_broker(broker, running, began + timeout_s):
+            return StartResult(broker.bootstrap, running.pid, True, time.monotonic() - began)
         raise LocalKafkaError(
-            f"the broker (pid {pid}) runs but does not answer at {broker.bootstrap}; "
+            f"the broker (pid {running.pid}) runs but does not answer at {broker.bootstrap}; "
             f"see {broker.log_file}, or `streamer kafka stop` it"
         )
     if _port_open(broker.port):
@@ -113,7 +113,7 @@ def start(broker: LocalKafka, timeout_s: float = START_TIMEOUT_S) -> StartResult
         str(props),
     ]
     with open(broker.home / "stdout.log", "ab") as out:
-        proc = subprocess.Popen(
+        proc = psutil.Popen(
             cmd,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -121,21 +121,21 @@ def start(broker: LocalKafka, timeout_s: float = START_TIMEOUT_S) -> StartResult
             start_new_session=True,
         )
     broker.pid_file.write_text(str(proc.pid))
-    if _await_broker(broker, proc.pid, began + timeout_s):
+    if _await_broker(broker, proc, began + timeout_s):
         return StartResult(broker.bootstrap, proc.pid, False, time.monotonic() - began)
-    if not _alive(proc.pid):
+    if not _alive(proc):
         broker.pid_file.unlink(missing_ok=True)
         raise LocalKafkaError(f"the broker exited during start-up; see {broker.log_file}")
-    _terminate(proc.pid, STOP_TIMEOUT_S)
+    _terminate(proc, STOP_TIMEOUT_S)
     broker.pid_file.unlink(missing_ok=True)
     raise LocalKafkaError(
         f"the broker did not answer within {timeout_s:.0f}s; see {broker.log_file}"
     )
 
 
-def _await_broker(broker: LocalKafka, pid: int, deadline: float) -> bool:
+def _await_broker(broker: LocalKafka, proc: psutil.Process, deadline: float) -> bool:
     """True once the broker answers; False when its process dies or the deadline passes."""
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and _alive(proc):
         if _port_open(broker.port) and answers(broker.bootstrap, 2.0):
             return True
         time.sleep(0.2)
@@ -144,11 +144,11 @@ def _await_broker(broker: LocalKafka, pid: int, deadline: float) -> bool:
 
 def stop(broker: LocalKafka, timeout_s: float = STOP_TIMEOUT_S) -> bool:
     """Stop the broker cleanly (SIGTERM, then SIGKILL after the timeout). False if not running."""
-    pid = running_pid(broker)
+    running = _running(broker)
     broker.pid_file.unlink(missing_ok=True)
-    if pid is None:
+    if running is None:
         return False
-    _terminate(pid, timeout_s)
+    _terminate(running, timeout_s)
     return True
 
 
@@ -160,17 +160,17 @@ def status(broker: LocalKafka) -> tuple[bool, int | None]:
 
 def running_pid(broker: LocalKafka) -> int | None:
     """The pid from the pid file when that process is alive and is a Kafka broker."""
+    running = _running(broker)
+    return None if running is None else running.pid
+
+
+def _running(broker: LocalKafka) -> psutil.Process | None:
     try:
-        pid = int(broker.pid_file.read_text().strip())
-    except (OSError, ValueError):
+        proc = psutil.Process(int(broker.pid_file.read_text().strip()))
+        # A recycled pid must not be mistaken for (or killed as) our broker.
+        return proc if _alive(proc) and "kafka.Kafka" in proc.cmdline() else None
+    except (OSError, ValueError, psutil.Error):
         return None
-    _reap(pid)
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    # A recycled pid must not be mistaken for (or killed as) our broker.
-    return pid if b"kafka.Kafka" in cmdline else None
 
 
 def ensure_jars(version: str = KAFKA_VERSION) -> Path:
@@ -309,30 +309,24 @@ def answers(bootstrap: str, timeout_s: float) -> bool:
         return False
 
 
-def _terminate(pid: int, timeout_s: float) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    while _alive(pid):
-        time.sleep(0.05)
+def _terminate(proc: psutil.Process, timeout_s: float) -> None:
+    """SIGTERM; SIGKILL if it still runs after `timeout_s`. Returns once it is gone."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
-def _alive(pid: int) -> bool:
-    _reap(pid)
+def _alive(proc: psutil.Process) -> bool:
+    """Whether it runs; a broker this process started and that exited is reaped on the way."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def _reap(pid: int) -> None:
-    # When this process started the broker (tests, demo) it must reap it, or it stays a zombie.
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+        if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+            return True
+        # Our own child (tests, demo) stays a zombie until we wait for it.
+        proc.wait(timeout=0)
+    except psutil.Error:  # gone, or a zombie of another parent
+        pass
+    return False

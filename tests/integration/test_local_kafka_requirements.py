@@ -1,4 +1,7 @@
-"""`streamer kafka start` without Java or Maven: one line naming what is missing."""
+"""`streamer kafka start` without Java or Maven: one line naming what is missing.
+
+Integration, not unit: it runs the CLI in subprocesses and the Maven case needs a real Java.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
 
 
 def _start(tmp_path: Path, path_dirs: list[Path]) -> subprocess.CompletedProcess[str]:
