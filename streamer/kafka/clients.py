@@ -15,6 +15,7 @@ from confluent_kafka.admin import AdminClient
 from streamer.config import KafkaSettings
 from streamer.errors import KafkaUnavailable
 from streamer.logs import ALWAYS, RecentMessages, RepeatFilter
+from streamer.records import Headers
 
 log = logging.getLogger("streamer.kafka")
 _librdkafka_log = logging.getLogger("streamer.kafka.librdkafka")
@@ -151,7 +152,7 @@ def produce(
     value: bytes | None,
     key: bytes | None,
     *,
-    headers: list[tuple[str, str | bytes | None]] | None = None,
+    headers: Headers | None = None,
     on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
 ) -> None:
     """`producer.produce`, waiting (serving delivery reports) while its local queue is full."""
