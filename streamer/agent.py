@@ -15,7 +15,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from streamer.assembly import (
@@ -35,9 +42,11 @@ from streamer.errors import BatchFailed, DeliveryFailed, StreamerError
 from streamer.kafka.admin import PRODUCER_MAX_BYTES, record_limits
 from streamer.kafka.clients import (
     KafkaBatchSource,
+    make_admin,
     make_consumer,
     make_producer,
     missing_topics,
+    reaches_cluster,
     wait_for_cluster,
 )
 from streamer.metrics import Metrics, MetricsServer, observe_many
@@ -57,6 +66,70 @@ READY_INTERVAL_S = 5.0
 """How often the agent asks the cluster whether its input topic is there (for /readyz)."""
 STALLED_AFTER_S = 30.0
 """A loop that has not turned for this long (plus max_wait_ms) is unhealthy (/healthz)."""
+
+
+STUCK_CHECK_S = 10.0
+"""How long the agent waits for progress (a committable batch while batches are in flight,
+an assignment while it has none) before it asks whether its clients still reach Kafka."""
+STUCK_CHECKS = 2
+"""Failed checks in a row (while a fresh client reaches the cluster) before the clients are
+recreated: one failure can be a client still in its reconnect backoff after an outage."""
+
+
+class _ClientsLost(Exception):
+    """The consumer or producer can no longer reach a cluster that a fresh client reaches."""
+
+
+class _ClientWatchdog:
+    """Finds clients that librdkafka has left without brokers (see `Agent._session`)."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        committer: AtLeastOnce,
+        consumer: Consumer,
+        producer: Producer,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.topology = topology
+        self.clock = clock
+        self.committer = committer
+        self.clients: list[tuple[str, Consumer | Producer, str]] = [
+            ("consumer", consumer, topology.input.topic),
+            ("producer", producer, topology.output.topic),
+        ]
+        self.checked_at = 0.0
+        self.failed = 0
+
+    def check(self) -> None:
+        """Raise _ClientsLost after STUCK_CHECKS failed checks in a row."""
+        now = self.clock()
+        c = self.committer
+        waiting = c.in_flight > 0 or not c.assigned
+        if not waiting or now - max(c.progress_at, self.checked_at) < STUCK_CHECK_S:
+            return
+        self.checked_at = now
+        t = self.topology
+        # A fresh client first: while the cluster itself is away there is nothing to fix.
+        if not reaches_cluster(make_admin(t.kafka, quiet=True), t.input.topic):
+            self.failed = 0
+            return
+        cut_off = [
+            name for name, client, topic in self.clients if not reaches_cluster(client, topic)
+        ]
+        if not cut_off:
+            self.failed = 0
+            return
+        self.failed += 1
+        log.warning(
+            "no progress for %.0fs: the %s cannot reach the cluster (check %d of %d)",
+            now - c.progress_at,
+            " and ".join(cut_off),
+            self.failed,
+            STUCK_CHECKS,
+        )
+        if self.failed >= STUCK_CHECKS:
+            raise _ClientsLost(f"the {' and '.join(cut_off)} lost every broker")
 
 
 @dataclass(frozen=True)
@@ -155,6 +228,30 @@ class Agent:
             )
         server = self._start_metrics_server()
         log.info("cluster settings: %s", t.kafka.redacted())
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._session(dest)
+                except _ClientsLost as exc:
+                    log.warning(
+                        "%s: recreating the Kafka clients; unacknowledged batches are served again",
+                        exc,
+                    )
+        finally:
+            if server is not None:
+                server.stop()
+        return self.stats
+
+    def _session(self, dest: Destinations) -> None:
+        """Serve with one consumer and one producer until `stop()` (then drain and commit),
+        or until they are found cut off from a cluster that still answers (then drop them).
+
+        librdkafka (2.10 and later) forgets every broker a Metadata response leaves out; a
+        broker in controlled shutdown can answer with none, and a client that keeps that
+        answer has nothing left to reconnect to (confluentinc/librdkafka#5301): its producer
+        never delivers and its consumer never finds the group coordinator again.
+        """
+        t = self.topology
         # A topic's max.message.bytes bounds whole record batches, and librdkafka cannot
         # split a refused batch: never batch more than the smallest topic takes.
         batch_bytes = min(dest.max_bytes.values(), default=PRODUCER_MAX_BYTES)
@@ -164,12 +261,14 @@ class Agent:
         consumer = make_consumer(
             t.kafka, t.group_id, self._kafka_error, lambda e, p: self._on_commit(committer, e, p)
         )
+        source = KafkaBatchSource(consumer)
         committer = AtLeastOnce(
             consumer,
             producer,
             t.batching.max_in_flight_batches,
             self.metrics,
             drain_timeout_s=self._drain_timeout_s,
+            source=source,
         )
         consumer.subscribe(
             [t.input.topic],
@@ -177,13 +276,12 @@ class Agent:
             on_revoke=lambda c, parts: self._on_revoke(committer, c, parts),
             on_lost=lambda c, parts: self._on_lost(committer, c, parts),
         )
-        batcher = MicroBatcher(
-            KafkaBatchSource(consumer), t.batching.max_batch_size, t.batching.max_wait_ms
-        )
+        batcher = MicroBatcher(source, t.batching.max_batch_size, t.batching.max_wait_ms)
+        watchdog = _ClientWatchdog(t, committer, consumer, producer)
         try:
             while not self._stop.is_set():
                 self._heartbeat = time.monotonic()
-                committer.wait_for_room(self._stop.is_set)
+                committer.wait_for_room(self._stop.is_set, watchdog.check)
                 if self._stop.is_set():
                     break
                 messages = batcher.next_batch()
@@ -191,6 +289,12 @@ class Agent:
                     self._serve(messages, committer, dest)
                 committer.poll()
                 self._housekeeping(consumer)
+                watchdog.check()
+        except _ClientsLost:
+            committer.discard()
+            self._assigned = set()
+            self._joined = False
+            raise
         except BaseException:
             # The error that stopped the loop is the one to report; a drain that then also
             # fails is logged.
@@ -199,12 +303,7 @@ class Agent:
             except (DeliveryFailed, KafkaException) as exc:
                 log.error("while stopping: %s", exc)
             raise
-        else:
-            committer.close(self._drain_timeout_s)
-        finally:
-            if server is not None:
-                server.stop()
-        return self.stats
+        committer.close(self._drain_timeout_s)
 
     def _serve(
         self, messages: Sequence[Message], committer: AtLeastOnce, dest: Destinations

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from streamer.assembly import InputMessage, Kind, Outgoing, coordinates
 from streamer.errors import DeliveryFailed
-from streamer.kafka.clients import produce, retrying
+from streamer.kafka.clients import KafkaBatchSource, produce, retrying
 from streamer.metrics import Metrics
 
 log = logging.getLogger("streamer.commits")
@@ -29,6 +29,10 @@ COMMIT_RETRY_S = 10.0
 """How long a hand-over or shutdown commit is retried (coordinator moves take seconds)."""
 ROOM_POLL_S = 0.05
 """Delivery-report wait per turn while the agent waits for an in-flight batch to finish."""
+RECOMMIT_INTERVAL_S = 1.0
+"""How often served offsets that the coordinator has not confirmed are committed again."""
+CLOSE_LOST_TIMEOUT_S = 10.0
+"""How long closing a consumer that lost every broker may take before it is left behind."""
 
 Partition = tuple[str, int]
 Rescue = Callable[[Outgoing, InputMessage, str], Outgoing | None]
@@ -152,9 +156,12 @@ class AtLeastOnce:
         metrics: Metrics,
         *,
         drain_timeout_s: float,
+        source: KafkaBatchSource | None = None,
     ) -> None:
+        """`source` is the consumer's batch source, served (paused) while waiting for room."""
         self.consumer = consumer
         self.producer = producer
+        self.source = source
         self.max_in_flight = max_in_flight
         self.metrics = metrics
         self.drain_timeout_s = drain_timeout_s
@@ -164,6 +171,17 @@ class AtLeastOnce:
         """Per input partition, the offset after the last event whose batch was acknowledged."""
         self._hurry = False
         """Closing with records unacknowledged: nothing may wait for the cluster any more."""
+        self._confirmed: dict[Partition, int] = {}
+        """Per input partition, the offset of the last commit the coordinator answered, in
+        the order it answered: a failed or overtaken commit leaves it behind `_served_to`."""
+        self._recommit_at = 0.0
+        self.progress_at = time.monotonic()
+        """When a batch last became committable (or partitions were assigned)."""
+
+    @property
+    def in_flight(self) -> int:
+        """Batches begun and not yet committable."""
+        return len(self._in_flight)
 
     # -- the batch loop -------------------------------------------------------------------
     def begin(
@@ -188,10 +206,37 @@ class AtLeastOnce:
         self.producer.poll(0)
         self._commit(asynchronous=True)
 
-    def wait_for_room(self, stopping: Callable[[], bool]) -> None:
-        while len(self._in_flight) >= self.max_in_flight and not stopping():
-            self.producer.poll(ROOM_POLL_S)
-            self._commit(asynchronous=True)
+    def wait_for_room(
+        self, stopping: Callable[[], bool], check: Callable[[], None] = lambda: None
+    ) -> None:
+        """Acknowledgements can take as long as the brokers are away, so the consumer keeps
+        being served meanwhile, paused: rebalance callbacks and commit results come only from
+        consume/poll, and a group session lost in an outage is rejoined only after the
+        revoke is served. `check` runs every turn (it may raise to give up on the clients)."""
+        if len(self._in_flight) < self.max_in_flight:
+            return
+        if self.source is not None:
+            self.source.pause()
+        try:
+            while len(self._in_flight) >= self.max_in_flight and not stopping():
+                self.producer.poll(ROOM_POLL_S)
+                if self.source is not None:
+                    self.source.serve()
+                self._commit(asynchronous=True)
+                check()
+        finally:
+            if self.source is not None:
+                self.source.resume()
+
+    def discard(self) -> None:
+        """Drop clients that cannot reach the cluster: nothing unacknowledged was committed,
+        so the next consumer starts at the committed offsets and serves it again."""
+        self.producer.purge()
+        self._in_flight = InFlight()
+        self._forget([TopicPartition(t, p) for t, p in self.assigned])
+        closer = threading.Thread(target=self.consumer.close, name="close-lost", daemon=True)
+        closer.start()
+        closer.join(CLOSE_LOST_TIMEOUT_S)
 
     def close(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -225,6 +270,7 @@ class AtLeastOnce:
     # -- rebalances (confluent-kafka callbacks, run inside consume) ------------------------
     def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned |= {(p.topic, p.partition) for p in partitions}
+        self.progress_at = time.monotonic()
         log.info("assigned %s", sorted(p.partition for p in partitions))
 
     def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -240,10 +286,14 @@ class AtLeastOnce:
 
     def on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """confluent-kafka commit callback: asynchronous commit failures are otherwise silent."""
+        for p in partitions:
+            tp = (p.topic, p.partition)
+            if err is None and p.error is None and tp in self.assigned:
+                self._confirmed[tp] = p.offset
         if err is None:
             return
         self.metrics.commit_failures.inc()
-        log.warning("offset commit failed (the next commit supersedes it): %s", err.str())
+        log.warning("offset commit failed (committed again shortly): %s", err.str())
 
     # -- internals -------------------------------------------------------------------------
     def _send(self, batch: InFlightBatch, record: Outgoing) -> None:
@@ -281,7 +331,17 @@ class AtLeastOnce:
         """
         fresh = self._in_flight.pop_committable()
         self._served_to.update(fresh)
+        now = time.monotonic()
+        if fresh:
+            self.progress_at = now
         offsets = fresh if asynchronous else self._served_to
+        if asynchronous and now >= self._recommit_at:
+            # An async commit can fail (no coordinator during a broker restart) or be
+            # overtaken by an older one librdkafka retried; with no new batch for that
+            # partition nothing would ever commit its served offset again.
+            self._recommit_at = now + RECOMMIT_INTERVAL_S
+            behind = {tp: o for tp, o in self._served_to.items() if self._confirmed.get(tp) != o}
+            offsets = {**behind, **fresh}
         owned = [
             TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self.assigned
         ]
@@ -291,6 +351,7 @@ class AtLeastOnce:
             retrying(
                 lambda: self.consumer.commit(offsets=owned, asynchronous=False), COMMIT_RETRY_S
             )
+            self._confirmed.update(((p.topic, p.partition), p.offset) for p in owned)
         failures = self._in_flight.failed()
         if failures:
             raise DeliveryFailed(
@@ -302,3 +363,6 @@ class AtLeastOnce:
         for p in partitions:
             self.assigned.discard((p.topic, p.partition))
             self._served_to.pop((p.topic, p.partition), None)
+            self._confirmed.pop((p.topic, p.partition), None)
+        if self.source is not None:
+            self.source.forget(partitions)

@@ -164,9 +164,29 @@ def produce(
             producer.poll(0.05)
 
 
-def make_admin(kafka: KafkaSettings, on_error: ErrorHook | None = None) -> AdminClient:
-    """An admin client; its errors and librdkafka's log lines are served by `poll()`."""
-    return AdminClient(_base(kafka, {}, on_error))
+def make_admin(
+    kafka: KafkaSettings, on_error: ErrorHook | None = None, *, quiet: bool = False
+) -> AdminClient:
+    """An admin client; its errors and librdkafka's log lines are served by `poll()`.
+    `quiet` ones log nothing (probes that may well fail)."""
+    config = _base(kafka, {}, on_error)
+    if quiet:
+        config.pop("error_cb")
+        config.pop("logger")
+        config["log_level"] = 0
+    return AdminClient(config)
+
+
+METADATA_PROBE_S = 3.0
+"""How long `reaches_cluster` waits for a metadata answer."""
+
+
+def reaches_cluster(client: Consumer | Producer | AdminClient, topic: str) -> bool:
+    """Whether `client` gets metadata (naming at least one broker) for `topic` now."""
+    try:
+        return bool(client.list_topics(topic, timeout=METADATA_PROBE_S).brokers)
+    except KafkaException:
+        return False
 
 
 _CREDENTIAL_ERRORS = frozenset(
@@ -239,16 +259,56 @@ class KafkaBatchSource:
 
     def __init__(self, consumer: Consumer) -> None:
         self.consumer = consumer
+        self._held: list[Message] = []
 
     def fetch(self, max_items: int, timeout_s: float) -> list[Message]:
-        messages = self.consumer.consume(num_messages=max_items, timeout=timeout_s)
-        good = []
-        for msg in messages:
-            err = msg.error()
-            if err is None:
-                good.append(msg)
-            elif err.fatal():
-                raise KafkaException(err)
-            else:
-                log.warning("consumer: %s", err)
-        return good
+        if self._held:  # taken while the caller only wanted events: these first, in order
+            batch, self._held = self._held[:max_items], self._held[max_items:]
+            return batch
+        return _good(self.consumer.consume(num_messages=max_items, timeout=timeout_s))
+
+    def pause(self) -> None:
+        """Stop fetching for the whole assignment (librdkafka drops what it prefetched and,
+        on resume, fetches again after the last message it handed out)."""
+        assigned = self.consumer.assignment()
+        if assigned:
+            self.consumer.pause(assigned)
+
+    def resume(self) -> None:
+        """Fetch again for whatever is assigned now (also partitions assigned while paused)."""
+        assigned = self.consumer.assignment()
+        if assigned:
+            self.consumer.resume(assigned)
+
+    def serve(self) -> None:
+        """Serve the consumer's queue without waiting: rebalance callbacks, commit results
+        and errors come only from consume/poll, and librdkafka does not rejoin a group after
+        a lost session until the revoke is served. Call it paused: a message that still
+        comes out is held for the next `fetch`, and its partition paused."""
+        messages = _good(self.consumer.consume(num_messages=HOLD_MAX, timeout=0))
+        if messages:
+            self._held.extend(messages)
+            partitions = {(m.topic(), m.partition()) for m in messages}
+            self.consumer.pause([TopicPartition(t, p) for t, p in sorted(partitions)])  # type: ignore[arg-type]
+
+    def forget(self, partitions: list[TopicPartition]) -> None:
+        """Drop held messages of partitions this member no longer owns."""
+        gone = {(p.topic, p.partition) for p in partitions}
+        self._held = [m for m in self._held if (m.topic(), m.partition()) not in gone]
+
+
+HOLD_MAX = 500
+"""The most messages one `KafkaBatchSource.serve` call may take out of the queue."""
+
+
+def _good(messages: list[Message]) -> list[Message]:
+    good = []
+    for msg in messages:
+        err = msg.error()
+        if err is None:
+            good.append(msg)
+        elif err.fatal():
+            raise KafkaException(err)
+        else:
+            log.warning("consumer: %s", err)
+    return good

@@ -228,3 +228,81 @@ def test_revoked_partitions_are_not_committed_any_more() -> None:
     producer.sent[0].ack()
     committer.poll()
     assert consumer.commits == []
+
+
+def test_a_failed_asynchronous_commit_is_made_again_without_new_batches() -> None:
+    committer, consumer, producer, _ = make()
+    batch = begin(committer, 0, 1)
+    committer.produce(batch, out())
+    producer.sent[0].ack()
+    committer.poll()
+    assert consumer.commits == [([("in", 0, 2)], True)]
+    # The coordinator was away: the commit failed and no further batch arrives.
+    committer.on_commit(KafkaError(KafkaError._WAIT_COORD), [TopicPartition("in", 0, 2)])
+    committer._recommit_at = 0.0  # the re-commit interval has passed
+    committer.poll()
+    assert consumer.commits[-1] == ([("in", 0, 2)], True)
+    assert len(consumer.commits) == 2
+    # Once the coordinator confirms it, nothing is committed again.
+    committer.on_commit(None, [TopicPartition("in", 0, 2)])
+    committer._recommit_at = 0.0
+    committer.poll()
+    assert len(consumer.commits) == 2
+
+
+@dataclass
+class FakeSource:
+    calls: list[str] = field(default_factory=list)
+
+    def pause(self) -> None:
+        self.calls.append("pause")
+
+    def serve(self) -> None:
+        self.calls.append("serve")
+
+    def resume(self) -> None:
+        self.calls.append("resume")
+
+    def forget(self, _partitions: list[TopicPartition]) -> None:
+        self.calls.append("forget")
+
+
+def test_waiting_for_room_keeps_serving_the_paused_consumer() -> None:
+    consumer, producer, source = FakeConsumer(), FakeProducer(), FakeSource()
+    committer = AtLeastOnce(
+        cast(Consumer, consumer),
+        cast(Producer, producer),
+        1,
+        Metrics(),
+        drain_timeout_s=1.0,
+        source=cast(Any, source),
+    )
+    committer.on_assign(cast(Consumer, consumer), [TopicPartition("in", 0)])
+    batch = begin(committer, 0)
+    committer.produce(batch, out())
+    checks: list[int] = []
+
+    def check() -> None:
+        checks.append(1)
+        if len(checks) == 3:
+            producer.sent[0].ack()  # acknowledged while waiting: room again
+
+    committer.wait_for_room(lambda: False, check)
+    # The turn after the acknowledgement commits the batch, and the wait ends.
+    assert source.calls == ["pause", "serve", "serve", "serve", "serve", "resume"]
+    assert len(checks) == 4
+
+
+def test_a_commit_overtaken_by_an_older_one_is_made_again() -> None:
+    committer, consumer, producer, _ = make()
+    for offset in (0, 1):
+        batch = begin(committer, offset)
+        committer.produce(batch, out())
+        producer.sent[-1].ack()
+        committer.poll()
+    # The coordinator answered the newer commit first, then a retried older one.
+    committer.on_commit(None, [TopicPartition("in", 0, 2)])
+    committer.on_commit(None, [TopicPartition("in", 0, 1)])
+    committer._recommit_at = 0.0
+    committer.poll()
+    assert consumer.commits[-1] == ([("in", 0, 2)], True)
