@@ -42,6 +42,7 @@ from streamer.errors import BatchFailed, DeliveryFailed, StreamerError
 from streamer.kafka.admin import PRODUCER_MAX_BYTES, record_limits
 from streamer.kafka.clients import (
     KafkaBatchSource,
+    flush_log_repeats,
     make_admin,
     make_consumer,
     make_producer,
@@ -238,6 +239,7 @@ class Agent:
                         exc,
                     )
         finally:
+            flush_log_repeats()
             if server is not None:
                 server.stop()
         return self.stats
@@ -278,10 +280,16 @@ class Agent:
         )
         batcher = MicroBatcher(source, t.batching.max_batch_size, t.batching.max_wait_ms)
         watchdog = _ClientWatchdog(t, committer, consumer, producer)
+
+        def turn() -> None:
+            # Waiting for acknowledgements while serving the consumer is a live loop.
+            self._heartbeat = time.monotonic()
+            watchdog.check()
+
         try:
             while not self._stop.is_set():
                 self._heartbeat = time.monotonic()
-                committer.wait_for_room(self._stop.is_set, watchdog.check)
+                committer.wait_for_room(self._stop.is_set, turn)
                 if self._stop.is_set():
                     break
                 messages = batcher.next_batch()

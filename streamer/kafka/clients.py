@@ -25,6 +25,13 @@ _repeats = RepeatFilter()
 # before the repeat filter can drop it, so error_cb knows it need not say it again.
 _librdkafka_log.addFilter(_librdkafka_said)
 _librdkafka_log.addFilter(_repeats)
+
+
+def flush_log_repeats() -> None:
+    """Write the pending "(repeated N times)" summaries (at shutdown: no later line will)."""
+    _repeats.flush()
+
+
 log.addFilter(_repeats)
 
 Settings = Mapping[str, str | int | float | bool]
