@@ -29,6 +29,8 @@ COMMIT_RETRY_S = 10.0
 """How long a hand-over or shutdown commit is retried (coordinator moves take seconds)."""
 ROOM_POLL_S = 0.05
 """Delivery-report wait per turn while the agent waits for an in-flight batch to finish."""
+PAUSE_AFTER_S = 1.0
+"""How long a wait for room lasts before the consumer is paused and served meanwhile."""
 RECOMMIT_INTERVAL_S = 1.0
 """How often served offsets that the coordinator has not confirmed are committed again."""
 CLOSE_LOST_TIMEOUT_S = 10.0
@@ -215,17 +217,22 @@ class AtLeastOnce:
         revoke is served. `check` runs every turn (it may raise to give up on the clients)."""
         if len(self._in_flight) < self.max_in_flight:
             return
-        if self.source is not None:
-            self.source.pause()
+        # Ordinary waits last milliseconds: pause only a wait that lasts (pausing and
+        # resuming around every batch was seen to leave a partition without fetches).
+        serve_after = time.monotonic() + PAUSE_AFTER_S
+        paused = False
         try:
             while len(self._in_flight) >= self.max_in_flight and not stopping():
                 self.producer.poll(ROOM_POLL_S)
-                if self.source is not None:
+                if self.source is not None and time.monotonic() >= serve_after:
+                    if not paused:
+                        self.source.pause()
+                        paused = True
                     self.source.serve()
                 self._commit(asynchronous=True)
                 check()
         finally:
-            if self.source is not None:
+            if paused and self.source is not None:
                 self.source.resume()
 
     def discard(self) -> None:
@@ -251,9 +258,33 @@ class AtLeastOnce:
                     f"{remaining} record(s) unacknowledged after {timeout_s:.0f}s; "
                     "their input offsets stay uncommitted and will be served again"
                 )
-            self._commit(asynchronous=False)
+            if not self._final_commit(deadline):
+                self._hurry = True
+                log.warning(
+                    "the closing commit did not finish within %.0fs; a restart may serve "
+                    "some acknowledged events again",
+                    timeout_s,
+                )
         finally:
             self._leave_group(deadline)
+
+    def _final_commit(self, deadline: float) -> bool:
+        """Commit every served position synchronously, but give up at `deadline`: librdkafka's
+        synchronous commit has no timeout and waits for a coordinator that may be hung."""
+        errors: list[BaseException] = []
+
+        def commit() -> None:
+            try:
+                self._commit(asynchronous=False)
+            except BaseException as exc:  # handed to the closing thread below
+                errors.append(exc)
+
+        worker = threading.Thread(target=commit, name="final-commit", daemon=True)
+        worker.start()
+        worker.join(max(deadline - time.monotonic(), 0.5))
+        if errors:
+            raise errors[0]
+        return not worker.is_alive()
 
     def _leave_group(self, deadline: float) -> None:
         if not self._hurry:

@@ -9,6 +9,7 @@ from typing import Any, cast
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from streamer import commits
 from streamer.assembly import InputMessage, Kind, Outgoing
 from streamer.commits import AtLeastOnce, InFlightBatch
 from streamer.errors import DeliveryFailed
@@ -267,7 +268,9 @@ class FakeSource:
         self.calls.append("forget")
 
 
-def test_waiting_for_room_keeps_serving_the_paused_consumer() -> None:
+def test_waiting_for_room_keeps_serving_the_paused_consumer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     consumer, producer, source = FakeConsumer(), FakeProducer(), FakeSource()
     committer = AtLeastOnce(
         cast(Consumer, consumer),
@@ -281,6 +284,7 @@ def test_waiting_for_room_keeps_serving_the_paused_consumer() -> None:
     batch = begin(committer, 0)
     committer.produce(batch, out())
     checks: list[int] = []
+    monkeypatch.setattr(commits, "PAUSE_AFTER_S", 0.0)  # a wait that lasts
 
     def check() -> None:
         checks.append(1)
