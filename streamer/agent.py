@@ -33,10 +33,11 @@ from streamer.assembly import (
     Outgoing,
     assemble,
     coordinates,
+    dead_letter,
 )
 from streamer.batching import MicroBatcher
 from streamer.codecs import make_decoder, make_encoder
-from streamer.commits import AtLeastOnce
+from streamer.commits import AtLeastOnce, Rescue
 from streamer.config import Topology
 from streamer.errors import BatchFailed, DeliveryFailed, StreamerError
 from streamer.kafka.admin import PRODUCER_MAX_BYTES, record_limits
@@ -52,7 +53,7 @@ from streamer.kafka.clients import (
 )
 from streamer.metrics import Metrics, MetricsServer, observe_many
 from streamer.models import Model, first_line, load_variant_models
-from streamer.records import Reason, dead_letter_headers
+from streamer.records import Reason
 from streamer.variants import Variants
 
 log = logging.getLogger("streamer.agent")
@@ -372,9 +373,7 @@ class Agent:
         for why, n in result.lake_dropped.items():
             m.lake_dropped.labels(why).inc(n)
 
-    def _rescuer(
-        self, result: Assembled
-    ) -> Callable[[Outgoing, InputMessage, str], Outgoing | None]:
+    def _rescuer(self, result: Assembled) -> Rescue:
         def rescue(record: Outgoing, msg: InputMessage, why: str) -> Outgoing | None:
             """A record the broker refused for its size: an output becomes a dead letter,
             a lake entry is dropped (its event was served)."""
@@ -384,22 +383,9 @@ class Agent:
                 return None
             result.served[record.variant] -= 1
             result.dead_letters[Reason.TOO_LARGE] += 1
-            topic, partition, offset = coordinates(msg)
-            headers = dead_letter_headers(
-                msg.headers(),
-                Reason.TOO_LARGE,
-                f"{record.topic} refused the output: {why}",
-                topic=topic,
-                partition=partition,
-                offset=offset,
-            )
-            return Outgoing(
-                Kind.DEAD_LETTER,
-                self.topology.dead_letter.topic,
-                msg.key(),
-                msg.value(),
-                headers,
-                record.source,
+            detail = f"{record.topic} refused the output: {why}"
+            return dead_letter(
+                self.topology.dead_letter.topic, msg, record.source, Reason.TOO_LARGE, detail
             )
 
         return rescue

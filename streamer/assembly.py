@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 
 from streamer.codecs import Decoder, EncodeError, Encoder, decode_batch
 from streamer.inference import Scores, VariantScores, score
@@ -104,7 +105,9 @@ def assemble(
     out = Assembled()
     decoded = decode_batch([m.value() for m in messages], decoder, dest.features)
     for index, err in decoded.rejected:
-        out.records.append(_dead_letter(dest, messages, index, err.reason, err.detail))
+        out.records.append(
+            dead_letter(dest.dead_letter_topic, messages[index], index, err.reason, err.detail)
+        )
         out.dead_letters[err.reason] += 1
     if not decoded.ok:
         return out
@@ -124,7 +127,9 @@ def assemble(
         )
         if isinstance(result[0], Reason):
             reason, detail = result
-            out.records.append(_dead_letter(dest, messages, index, reason, detail))
+            out.records.append(
+                dead_letter(dest.dead_letter_topic, messages[index], index, reason, detail)
+            )
             out.dead_letters[reason] += 1
             continue
         served[row], value = result
@@ -224,17 +229,14 @@ def _too_large(
     return size + RECORD_OVERHEAD_BYTES > limit
 
 
-def _dead_letter(
-    dest: Destinations, messages: Sequence[InputMessage], index: int, reason: Reason, detail: str
-) -> Outgoing:
-    msg = messages[index]
-    topic, partition, offset = coordinates(msg)
+def dead_letter(topic: str, msg: InputMessage, index: int, reason: Reason, detail: str) -> Outgoing:
+    """The dead letter of `msg` (the `index`-th of its batch): its key and value untouched,
+    its headers plus why and where from."""
+    source, partition, offset = coordinates(msg)
     headers = dead_letter_headers(
-        msg.headers(), reason, detail, topic=topic, partition=partition, offset=offset
+        msg.headers(), reason, detail, topic=source, partition=partition, offset=offset
     )
-    return Outgoing(
-        Kind.DEAD_LETTER, dest.dead_letter_topic, msg.key(), msg.value(), headers, index
-    )
+    return Outgoing(Kind.DEAD_LETTER, topic, msg.key(), msg.value(), headers, index)
 
 
 def coordinates(msg: InputMessage) -> tuple[str, int, int]:
@@ -258,4 +260,4 @@ def event_id(msg: InputMessage, record: Mapping[str, Any]) -> str:
 def event_ts(msg: InputMessage, fallback_s: float) -> int:
     """The message timestamp (ms), or `fallback_s` when the producer set none."""
     kind, ts = msg.timestamp()
-    return int(ts) if kind != 0 else int(fallback_s * 1000)  # 0: TIMESTAMP_NOT_AVAILABLE
+    return int(ts) if kind != TIMESTAMP_NOT_AVAILABLE else int(fallback_s * 1000)
