@@ -39,7 +39,9 @@ from streamer.batching import MicroBatcher
 from streamer.codecs import make_decoder, make_encoder
 from streamer.commits import AtLeastOnce, Rescue
 from streamer.config import Topology
+from streamer.control.live import LiveControl, RecentRows
 from streamer.errors import BatchFailed, DeliveryFailed, StreamerError
+from streamer.inference import ShadowRunner
 from streamer.kafka.admin import PRODUCER_MAX_BYTES, record_limits
 from streamer.kafka.clients import (
     KafkaBatchSource,
@@ -168,12 +170,19 @@ class Agent:
                 "use at_least_once"
             )
         if models is None:
-            models, errors = load_variant_models(topology)
-            if errors:
-                raise next(iter(errors.values()))
+            loaded = load_variant_models(topology)
+            if loaded.errors:
+                raise next(iter(loaded.errors.values()))
+            models = loaded.models
         self.topology = topology
         self.metrics = Metrics()
+        self.models = dict(models)
+        """The models the agent starts with (live control swaps them while it serves)."""
         self.variants = Variants(topology, models, self.metrics)
+        self.recent = RecentRows(len(topology.features))
+        self.shadows = ShadowRunner(
+            None if (ms := topology.batching.shadow_budget_ms) is None else ms / 1000.0
+        )
         self.decoder = make_decoder(topology.input.format, topology.input.schema_)
         self._connect_timeout_s = connect_timeout_s
         self._drain_timeout_s = drain_timeout_s
@@ -222,12 +231,9 @@ class Agent:
         if self._stop.is_set():  # stopped before the cluster answered: nothing to drain
             return self.stats
         dest = self._destinations(admin)
-        if t.routing.strategy == "bandit":
-            log.warning(
-                "routing.strategy bandit: serving the configured weights; this version "
-                "does not read %s yet",
-                t.routing.control_topic,
-            )
+        live = LiveControl(t, self.variants, self.models, self.metrics, self.recent)
+        if live.needed:
+            live.start(self._connect_timeout_s)
         server = self._start_metrics_server()
         log.info("cluster settings: %s", t.kafka.redacted())
         try:
@@ -240,6 +246,8 @@ class Agent:
                         exc,
                     )
         finally:
+            live.stop()
+            self.shadows.close()
             flush_log_repeats()
             if server is not None:
                 server.stop()
@@ -328,8 +336,14 @@ class Agent:
             # Nothing is tracked before the batch is assembled: if assembly raises, the loop
             # stops here, so no later batch can commit past these offsets either.
             result = assemble(
-                messages, self.decoder, self.variants.snapshot(), dest, fetched_at=fetched_at
+                messages,
+                self.decoder,
+                self.variants.snapshot(),
+                dest,
+                self.shadows,
+                fetched_at=fetched_at,
             )
+            self.recent.keep(result.features)
             batch = committer.begin(messages, lambda: self._count(result), self._rescuer(result))
             for record in result.records:
                 committer.produce(batch, record)
@@ -352,6 +366,8 @@ class Agent:
             m.inference_seconds.labels(variant).observe(seconds)
         for variant, n in result.shadowed.items():
             m.predictions.labels(variant, "true").inc(n)
+        for variant, n in result.shadow_skipped.items():
+            m.shadow_skipped.labels(variant).inc(n)
         for variant, n in result.shadow_failures.items():
             m.shadow_errors.labels(variant).inc(n)
             log.warning("shadow %s failed on %d event(s); served traffic is unaffected", variant, n)
@@ -392,7 +408,9 @@ class Agent:
 
     def _destinations(self, admin: AdminClient) -> Destinations:
         t = self.topology
-        missing = missing_topics(admin, t.agent_topics(), self._connect_timeout_s)
+        missing = missing_topics(
+            admin, t.agent_topics() + t.control_topics(), self._connect_timeout_s
+        )
         if missing:
             raise StreamerError(
                 f"{t.source}: topic(s) {', '.join(missing)} do not exist; "

@@ -19,7 +19,7 @@ import numpy as np
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 
 from streamer.codecs import Decoder, EncodeError, Encoder, decode_batch
-from streamer.inference import Scores, VariantScores, score
+from streamer.inference import Scores, ShadowRunner, VariantScores, score
 from streamer.records import Headers, ReadHeaders, Reason, dead_letter_headers, lake_record
 from streamer.variants import VariantSet
 
@@ -87,6 +87,10 @@ class Assembled:
     lake_dropped: Counter[str] = field(default_factory=Counter)
     """Why lake records were not written (the event itself was served)."""
     shadow_failures: dict[str, int] = field(default_factory=dict)
+    shadow_skipped: dict[str, int] = field(default_factory=dict)
+    """Shadow variant -> rows its time budget left unscored."""
+    features: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.float32))
+    """The decoded feature matrix (recent real rows probe new model versions)."""
     inference_seconds: dict[str, float] = field(default_factory=dict)
     event_ms: np.ndarray = field(default_factory=lambda: np.empty(0))
     """Event timestamps (ms) of the served events, for the end-to-end histogram."""
@@ -97,6 +101,7 @@ def assemble(
     decoder: Decoder,
     variants: VariantSet,
     dest: Destinations,
+    shadows: ShadowRunner,
     *,
     fetched_at: float,
     clock: Callable[[], float] = time.time,
@@ -114,8 +119,10 @@ def assemble(
     good = [messages[i] for i in decoded.ok]
     ids = [event_id(m, r) for m, r in zip(good, decoded.records, strict=True)]
     ts_events = [event_ts(m, fetched_at) for m in good]
-    scores = score(variants, decoded.features, ids)
+    scores = score(variants, decoded.features, ids, shadows)
+    out.features = decoded.features
     out.shadow_failures = scores.shadow_failures
+    out.shadow_skipped = scores.shadow_skipped
     now = clock()
     ts_predicted = int(now * 1000)
     served_by = _served_by(scores)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, NoReturn
@@ -16,11 +16,13 @@ import typer
 from confluent_kafka import KafkaException
 
 from streamer.agent import CONNECT_TIMEOUT_S, DRAIN_TIMEOUT_S, Agent
-from streamer.config import Topology, load_topology
+from streamer.config import Topology, VariantSpec, load_topology
+from streamer.control import commands
 from streamer.errors import StreamerError
 from streamer.kafka.admin import create_topics
 from streamer.kafka.local import LocalKafka, start, status, stop
-from streamer.models import Model
+from streamer.repository import is_directory
+from streamer.validate import Validation
 from streamer.validate import validate as check
 
 app = typer.Typer(
@@ -31,8 +33,13 @@ app = typer.Typer(
 )
 kafka_app = typer.Typer(no_args_is_help=True, help="A local single-node Kafka for development.")
 topics_app = typer.Typer(no_args_is_help=True, help="Manage a topology's topics.")
+control_app = typer.Typer(
+    no_args_is_help=True,
+    help="Live control of a topology's variants through its control topic (no restart).",
+)
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
+app.add_typer(control_app, name="control")
 
 TopologyArg = Annotated[Path, typer.Argument(help="Topology YAML file.", show_default=False)]
 PortOpt = Annotated[int, typer.Option(help="Broker port (the controller uses port+1).")]
@@ -58,14 +65,17 @@ def _user_errors(source: Path | None = None) -> Iterator[None]:
         _fail(f"{source}: Kafka: {exc.args[0] if exc.args else exc}")
 
 
-def _validated(topology: Path) -> tuple[Topology, dict[str, Model]]:
-    """The loaded topology and models, or every problem on stderr (one line each) and exit 1."""
-    result = check(topology)
+def _validated(topology: Path, *, every_version: bool = False) -> Validation:
+    """The loaded topology and models, or every problem on stderr (one line each) and exit 1.
+    Model-directory versions that cannot serve are warnings: another version serves."""
+    result = check(topology, every_version=every_version)
     for p in result.problems:
         typer.echo(f"error: {p}", err=True)
+    for w in result.warnings:
+        typer.echo(f"warning: {w}", err=True)
     if result.problems or result.topology is None:
         raise typer.Exit(1)
-    return result.topology, result.models
+    return result
 
 
 def _setup_logging(level: str) -> None:
@@ -95,9 +105,20 @@ def demo(
 
 @app.command()
 def validate(topology: TopologyArg) -> None:
-    """Load config, schemas and models; check shapes and names; exit 1 listing each problem."""
-    loaded, _ = _validated(topology)
-    variants = ", ".join(v.name + (" (shadow)" if v.shadow else "") for v in loaded.variants)
+    """Load config, schemas and models (every version of a model directory); check shapes and
+    names; exit 1 listing each problem."""
+    result = _validated(topology, every_version=True)
+    loaded = result.topology
+    assert loaded is not None
+
+    def describe(v: VariantSpec) -> str:
+        text = v.name + (" (shadow)" if v.shadow else "")
+        if is_directory(v):
+            found = ", ".join(result.versions[v.name])
+            text += f" [version {result.models[v.name].version} of {found}]"
+        return text
+
+    variants = ", ".join(describe(v) for v in loaded.variants)
     typer.echo(
         f"{topology}: ok: {loaded.name}: {len(loaded.features)} features, variants {variants}"
     )
@@ -119,10 +140,14 @@ def run(
 ) -> None:
     """Run an agent until SIGTERM/SIGINT; then finish the batch, flush, commit and exit 0."""
     _setup_logging(log_level)
-    loaded, models = _validated(topology)
+    result = _validated(topology)
+    assert result.topology is not None
     with _user_errors(topology):
         agent = Agent(
-            loaded, models, connect_timeout_s=connect_timeout, drain_timeout_s=drain_timeout
+            result.topology,
+            result.models,
+            connect_timeout_s=connect_timeout,
+            drain_timeout_s=drain_timeout,
         )
 
         def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -159,6 +184,95 @@ def topics_create(
         results = create_topics(load_topology(topology), partitions, replication_factor)
     for r in results:
         typer.echo(f"{r.topic}: {'created' if r.created else 'exists'} ({r.partitions} partitions)")
+
+
+@control_app.callback()
+def control_topology(ctx: typer.Context, topology: TopologyArg) -> None:
+    """streamer control TOPOLOGY COMMAND: every write is checked against the topology first."""
+    _setup_logging("error")  # librdkafka's transient retries are not the user's business
+    with _user_errors(topology):
+        ctx.obj = load_topology(topology)
+
+
+def _write(ctx: typer.Context, what: str, change: commands.Change) -> None:
+    topology: Topology = ctx.obj
+    with _user_errors(topology.source):
+        offset, diff = commands.apply(topology, what, change)
+    typer.echo(f"{what}: {diff} (offset {offset} of {topology.routing.control_topic})")
+
+
+def _lines(ctx: typer.Context, read: Callable[[Topology], list[str]]) -> None:
+    topology: Topology = ctx.obj
+    with _user_errors(topology.source):
+        lines = read(topology)
+    typer.echo("\n".join(lines))
+
+
+@control_app.command("show")
+def control_show(ctx: typer.Context) -> None:
+    """The record in force, its age and source, and what each live agent serves."""
+    _lines(ctx, commands.show)
+
+
+@control_app.command("history")
+def control_history(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(min=1, help="Records to list.")] = 20,
+) -> None:
+    """The topology's control records, newest first."""
+    _lines(ctx, lambda t: commands.history(t, limit))
+
+
+@control_app.command("set-weights")
+def control_set_weights(
+    ctx: typer.Context,
+    weights: Annotated[list[str], typer.Argument(help="NAME=WEIGHT ... (normalised).")],
+) -> None:
+    """A/B or canary split: NAME=WEIGHT for served variants; unnamed ones get 0."""
+    parsed: dict[str, float] = {}
+    for item in weights:
+        name, _, value = item.partition("=")
+        try:
+            parsed[name] = float(value)
+        except ValueError:
+            _fail(f"{ctx.obj.source}: set-weights: {item!r} is not NAME=WEIGHT")
+    _write(ctx, "set-weights", commands.set_weights(ctx.obj, parsed))
+
+
+@control_app.command("promote")
+def control_promote(ctx: typer.Context, name: str) -> None:
+    """Blue/green: all served traffic to NAME."""
+    _write(ctx, f"promote {name}", commands.promote(ctx.obj, name))
+
+
+@control_app.command("disable")
+def control_disable(ctx: typer.Context, name: str) -> None:
+    """Feature flag off: a served variant's share goes to the rest; a shadow stops scoring."""
+    _write(ctx, f"disable {name}", commands.disable(ctx.obj, name, off=True))
+
+
+@control_app.command("enable")
+def control_enable(ctx: typer.Context, name: str) -> None:
+    """Feature flag on again."""
+    _write(ctx, f"enable {name}", commands.disable(ctx.obj, name, off=False))
+
+
+@control_app.command("pin")
+def control_pin(ctx: typer.Context, name: str, version: str) -> None:
+    """Serve VERSION of a model-directory variant instead of its highest."""
+    _write(ctx, f"pin {name} {version}", commands.pin(ctx.obj, name, version))
+
+
+@control_app.command("unpin")
+def control_unpin(ctx: typer.Context, name: str) -> None:
+    """Serve the highest version of NAME's model directory again."""
+    _write(ctx, f"unpin {name}", commands.pin(ctx.obj, name, None))
+
+
+@control_app.command("rollback")
+def control_rollback(ctx: typer.Context) -> None:
+    """Re-publish the record before the current one."""
+    _write(ctx, "rollback", commands.rollback(ctx.obj))
 
 
 @kafka_app.command("start")

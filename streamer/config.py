@@ -134,6 +134,9 @@ class BatchingSpec(_Model):
     """The longest an event waits for its batch to fill; bounds added latency."""
     max_in_flight_batches: int = Field(default=4, ge=1, le=64)
     """Batches produced but not yet acknowledged; their offsets commit in order once acked."""
+    shadow_budget_ms: int | None = Field(default=50, ge=0, le=60_000)
+    """The longest served outputs wait for shadow variants per batch; shadow rows that are
+    not scored by then are skipped and counted. null waits for every shadow."""
 
 
 class VariantSpec(_Model):
@@ -141,14 +144,24 @@ class VariantSpec(_Model):
 
     name: str
     model: Path
+    """An ONNX file, or a model directory of numbered versions (`1/model.onnx`, ...)."""
     weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     """Relative share of served traffic (normalised over non-shadow variants)."""
     shadow: bool = False
     """Scored and written to the lake for every event, never served."""
+    sample_rate: float = Field(default=1.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    """Shadows only: the share of events scored, a deterministic sample by id."""
     version: str | None = None
-    """Model version reported in records and metrics; defaults to the model file's stem."""
+    """A model file's version in records and metrics (default: the file's stem); for a
+    model directory, the version to serve (default: the highest)."""
 
     _paths = field_validator("model")(_resolve)
+
+    @model_validator(mode="after")
+    def _sampling_is_for_shadows(self) -> VariantSpec:
+        if self.sample_rate != 1.0 and not self.shadow:
+            raise ValueError("sample_rate applies to shadow variants only")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -160,13 +173,24 @@ class VariantSpec(_Model):
 
 class RoutingSpec(_Model):
     strategy: Literal["static", "bandit"] = "static"
+    """static: weights change only by `streamer control`; bandit: the controller's too."""
     control_topic: str | None = None
-    """Compacted topic of weight updates keyed by topology name (bandit, `streamer control`)."""
+    """Compacted topic of control records keyed by topology name (`streamer control`, the
+    bandit controller); agents follow it. None: the topology file's weights, always."""
+    status_topic: str | None = None
+    """Compacted topic where agents report what they serve (default: `<control_topic>.status`)."""
 
-    @field_validator("control_topic")
+    @field_validator("control_topic", "status_topic")
     @classmethod
     def _control(cls, value: str | None) -> str | None:
         return None if value is None else _topic(value)
+
+    @property
+    def agent_status_topic(self) -> str | None:
+        """Where agents report what they serve; None without a control topic."""
+        if self.control_topic is None:
+            return None
+        return self.status_topic or f"{self.control_topic}.status"
 
     @model_validator(mode="after")
     def _bandit_needs_control(self) -> RoutingSpec:
@@ -184,6 +208,13 @@ class BanditSpec(_Model):
     """Multiplier on past evidence per update; < 1 forgets old rewards."""
 
     _check_topic = field_validator("feedback_topic")(_topic)
+
+
+class ModelsSpec(_Model):
+    """Model directories: how agents find new versions."""
+
+    poll_interval_s: float = Field(default=5.0, gt=0.0, le=3600.0)
+    """How often model directories are checked for new versions."""
 
 
 class MetricsSpec(_Model):
@@ -213,6 +244,7 @@ class Topology(_Model):
     output: SinkSpec
     lake: SinkSpec
     dead_letter: DeadLetterSpec
+    models: ModelsSpec = Field(default_factory=ModelsSpec)
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
     bandit: BanditSpec | None = None
     guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
@@ -252,19 +284,25 @@ class Topology(_Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Topology:
+        r = self.routing
+        if self.routing.strategy == "bandit" and self.bandit is None:
+            raise ValueError("routing.strategy bandit needs a bandit section")
+        if r.status_topic is not None and r.control_topic is None:
+            raise ValueError("routing.status_topic needs a routing.control_topic")
         topics = {
             "input.topic": self.input.topic,
             "output.topic": self.output.topic,
             "lake.topic": self.lake.topic,
             "dead_letter.topic": self.dead_letter.topic,
+            "routing.control_topic": r.control_topic,
+            "routing.status_topic": r.agent_status_topic,
         }
         seen: dict[str, str] = {}
         for key, topic in topics.items():
             if topic in seen:
                 raise ValueError(f"{key} {topic!r} is the same topic as {seen[topic]}")
-            seen[topic] = key
-        if self.routing.strategy == "bandit" and self.bandit is None:
-            raise ValueError("routing.strategy bandit needs a bandit section")
+            if topic is not None:
+                seen[topic] = key
         return self
 
     @property
@@ -291,11 +329,14 @@ class Topology(_Model):
         """The topics an agent reads and writes: input, output, lake, dead letters."""
         return [self.input.topic, self.output.topic, self.lake.topic, self.dead_letter.topic]
 
+    def control_topics(self) -> list[str]:
+        """The compacted topics of live control: control records and agents' reports."""
+        r = self.routing
+        return [t for t in (r.control_topic, r.agent_status_topic) if t is not None]
+
     def all_topics(self) -> list[str]:
         """Every topic this topology reads or writes."""
-        topics = self.agent_topics()
-        if self.routing.control_topic:
-            topics.append(self.routing.control_topic)
+        topics = self.agent_topics() + self.control_topics()
         if self.bandit is not None:
             topics.append(self.bandit.feedback_topic)
         return topics

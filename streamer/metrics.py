@@ -97,6 +97,25 @@ class Metrics:
             ["variant"],
             registry=r,
         )
+        self.shadow_skipped = Counter(
+            "streamer_shadow_skipped",
+            "Events a shadow variant did not score because the batch's shadow budget ran out.",
+            ["variant"],
+            registry=r,
+        )
+        self.control_records = Counter(
+            "streamer_control_records",
+            "Control records read: applied, rejected (invalid; the last good one stays), or "
+            "ignored (the controller's, under routing.strategy static).",
+            ["result"],
+            registry=r,
+        )
+        self.model_reloads = Counter(
+            "streamer_model_reloads",
+            "Model versions swapped in (applied) or refused (rejected; the old one serves on).",
+            ["variant", "result"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "streamer_model_info",
             "The model a variant serves (value is always 1).",

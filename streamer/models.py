@@ -13,6 +13,7 @@ import onnxruntime as ort
 
 from streamer.config import Topology
 from streamer.errors import StreamerError
+from streamer.repository import is_directory, scan, version_key
 
 
 class ModelError(StreamerError):
@@ -44,9 +45,12 @@ class Model:
     input_name: str
     output_names: tuple[str, ...]
 
-    def predict(self, features: np.ndarray) -> dict[str, np.ndarray]:
-        """One vectorised call for the whole batch; outputs keyed by ONNX output name."""
-        values = self.session.run(list(self.output_names), {self.input_name: features})
+    def predict(
+        self, features: np.ndarray, run_options: ort.RunOptions | None = None
+    ) -> dict[str, np.ndarray]:
+        """One vectorised call for the whole batch; outputs keyed by ONNX output name.
+        `run_options` lets another thread stop the call (`terminate`)."""
+        values = self.session.run(list(self.output_names), {self.input_name: features}, run_options)
         return {name: np.asarray(v) for name, v in zip(self.output_names, values, strict=True)}
 
 
@@ -154,23 +158,81 @@ def _shape(spec: tuple[str, tuple[int | None, ...]]) -> str:
     return f"{spec[0]} ({dims})"
 
 
-def load_variant_models(topology: Topology) -> tuple[dict[str, Model], dict[int, ModelError]]:
+def probe(model: Model, rows: np.ndarray) -> None:
+    """Run `model` on `rows` (recent real events, or one zero row when there are none yet);
+    ModelError unless it runs and every float output is finite."""
+    if len(rows) == 0:
+        rows = np.zeros((1, rows.shape[1] if rows.ndim == 2 else 0), dtype=np.float32)
+    try:
+        outputs = model.predict(rows)
+    except Exception as exc:  # onnxruntime raises many types at run time
+        raise ModelError(f"{model.path}: fails on a probe batch: {first_line(exc)}") from None
+    for name, value in outputs.items():
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            raise ModelError(f"{model.path}: output {name!r} is NaN or infinite on a probe batch")
+
+
+@dataclass(frozen=True)
+class LoadedVariants:
+    """The models a topology starts with, and what could not be loaded."""
+
+    models: dict[str, Model]
+    """Variant -> the model it serves first."""
+    errors: dict[int, ModelError]
+    """Index in `variants` -> why that variant has no model to serve."""
+    refused: dict[str, dict[str, str]]
+    """Variant -> model-directory version -> why it cannot serve (another version does)."""
+    versions: dict[str, list[str]]
+    """Variant -> every version found on disk, lowest first."""
+
+
+def load_variant_models(topology: Topology, *, every_version: bool = False) -> LoadedVariants:
     """Every variant's model checked against the topology's features and outputs and against
-    the first loadable variant (`check_compatible`), and the error of each variant (by index
-    in `variants`) whose model cannot serve it."""
-    models: dict[str, Model] = {}
-    errors: dict[int, ModelError] = {}
+    the first loadable variant (`check_compatible`).
+
+    A model directory serves its pinned version (`version`), else its highest version that
+    loads; `every_version` also loads the rest, to report each one that could not serve.
+    """
+    n = len(topology.features)
+    loaded = LoadedVariants({}, {}, {}, {})
     reference: Model | None = None
     for i, variant in enumerate(topology.variants):
-        try:
-            model = load_model(
-                variant.model, len(topology.features), topology.outputs, variant.version
+        found = scan(variant)
+        loaded.versions[variant.name] = list(found)
+        if not found:
+            what = (
+                "model directory has no N/model.onnx"
+                if is_directory(variant)
+                else "model file not found"
             )
-            if reference is not None:
-                model = check_compatible(variant.name, reference, model)
-        except ModelError as exc:
-            errors[i] = exc
+            loaded.errors[i] = ModelError(f"{variant.model}: {what}")
             continue
-        reference = reference or model
-        models[variant.name] = model
-    return models, errors
+        if is_directory(variant) and variant.version is not None:
+            if variant.version not in found:
+                loaded.errors[i] = ModelError(
+                    f"{variant.model}: version {variant.version} not found (has {', '.join(found)})"
+                )
+                continue
+            candidates = [found[variant.version]]
+        else:
+            candidates = sorted(found.values(), key=lambda f: version_key(f.version), reverse=True)
+        refused: dict[str, str] = {}
+        serving: Model | None = None
+        for file in candidates:
+            if serving is not None and not every_version:
+                break
+            try:
+                model = load_model(file.path, n, topology.outputs, file.version)
+                model = check_compatible(variant.name, reference or serving or model, model)
+            except ModelError as exc:
+                refused[file.version] = str(exc)
+                continue
+            serving = serving or model
+        if serving is None:
+            loaded.errors[i] = ModelError(refused[candidates[0].version])
+            continue
+        if is_directory(variant) and refused:
+            loaded.refused[variant.name] = refused
+        reference = reference or serving
+        loaded.models[variant.name] = serving
+    return loaded

@@ -1,4 +1,5 @@
-"""Which variant serves each event: weighted, sticky per id; shadows score every event."""
+"""Which variant serves each event (weighted, sticky per id), and which events a sampled
+shadow scores."""
 
 from __future__ import annotations
 
@@ -43,6 +44,15 @@ class Router:
         choice = np.searchsorted(self._edges, buckets, side="right")
         served = {name: np.flatnonzero(choice == k) for k, name in enumerate(self.names)}
         return Routes(served, dict(self.weights))
+
+
+def sample(ids: Sequence[str], salt: str, rate: float) -> np.ndarray:
+    """Indices of the ids in a deterministic `rate` sample: the same ids on every agent, and
+    a sample of its own for each `salt` (a shadow's name), independent of routing."""
+    buckets = np.fromiter(
+        (_bucket(f"{salt}\x00{i}") for i in ids), dtype=np.float64, count=len(ids)
+    )
+    return np.flatnonzero(buckets < rate)
 
 
 def _bucket(event_id: str) -> float:

@@ -25,17 +25,32 @@ class Validation:
     models: dict[str, Model] = field(default_factory=dict)
     """Variant -> loaded model (reused by the agent, so models load once)."""
     problems: list[ConfigError] = field(default_factory=list)
+    warnings: list[ConfigError] = field(default_factory=list)
+    """Model-directory versions that cannot serve while another version of it can."""
+    versions: dict[str, list[str]] = field(default_factory=dict)
+    """Variant -> the versions found on disk."""
 
 
-def validate(path: str | Path) -> Validation:
-    """Load the topology and check schemas and models against it; never raises for user errors."""
+def validate(path: str | Path, *, every_version: bool = False) -> Validation:
+    """Load the topology and check schemas and models against it; never raises for user
+    errors. `every_version` loads every version of each model directory, not only the one
+    that would serve."""
     try:
         topology = load_topology(path)
     except ConfigErrors as exc:
         return Validation(None, problems=exc.errors)
     shown = str(path)
-    models, errors = load_variant_models(topology)
-    problems = [ConfigError(shown, f"variants[{i}].model", str(e)) for i, e in errors.items()]
+    loaded = load_variant_models(topology, every_version=every_version)
+    models = loaded.models
+    index = {v.name: i for i, v in enumerate(topology.variants)}
+    problems = [
+        ConfigError(shown, f"variants[{i}].model", str(e)) for i, e in loaded.errors.items()
+    ]
+    warnings = [
+        ConfigError(shown, f"variants[{index[name]}].model", f"version {version}: {why}")
+        for name, refused in loaded.refused.items()
+        for version, why in refused.items()
+    ]
     if topology.input.format == "avro":
         problems += _check_input_schema(shown, topology)
     outputs = next(iter(models.values())).output_names if models else ()
@@ -45,7 +60,7 @@ def validate(path: str | Path) -> Validation:
     ):
         if sink.format == "avro" and sink.schema_ is not None:
             problems += _check_sink_schema(shown, key, sink.schema_, (*required, *outputs))
-    return Validation(topology, models, problems)
+    return Validation(topology, models, problems, warnings, loaded.versions)
 
 
 def _check_input_schema(shown: str, topology: Topology) -> list[ConfigError]:

@@ -1,21 +1,20 @@
 """The variants a topology serves: their loaded models, the router and the shadows.
 
-Changes (new weights, a new model for a variant) are staged from any thread and take effect
-at the next batch boundary (`snapshot`), so every batch is routed, scored and recorded by
-one consistent set, and the gauges that describe the set follow it.
+Changes (new weights, a variant disabled, a new model version) are staged from any thread
+and take effect at the next batch boundary (`snapshot`), so every batch is routed, scored
+and recorded by one consistent set, and the gauges that describe the set follow it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from streamer.config import Topology
 from streamer.metrics import Metrics
-from streamer.models import Model, check_compatible
+from streamer.models import Model
 from streamer.routing import Router
 
 
@@ -24,30 +23,31 @@ class VariantSet:
     """What one batch is scored with; never changes once built."""
 
     router: Router
-    """Weights over the served variants."""
+    """Weights over the enabled served variants."""
     models: Mapping[str, Model]
-    """Every variant's model, served and shadow."""
-    shadows: tuple[str, ...]
-    """Variants that score every event for the lake and are never served."""
+    """Every variant's model, served and shadow (disabled ones too)."""
+    shadows: Mapping[str, float]
+    """Enabled shadow variant -> share of events it scores (a sample by id)."""
 
 
 class Variants:
-    """Owns the variants' models and weights, and the `streamer_variant_weight` and
+    """Owns the variant set in force and the `streamer_variant_weight` and
     `streamer_model_info` gauges."""
 
     def __init__(self, topology: Topology, models: Mapping[str, Model], metrics: Metrics) -> None:
         self._metrics = metrics
+        self._served = [v.name for v in topology.served]
         self._lock = threading.Lock()
         self._current = VariantSet(
             Router(topology.served_weights()),
             dict(models),
-            tuple(v.name for v in topology.shadows),
+            {v.name: v.sample_rate for v in topology.shadows},
         )
         self._staged: VariantSet | None = None
         self._publish(None, self._current)
 
     def snapshot(self) -> VariantSet:
-        """The set for the next batch, with every staged change applied."""
+        """The set for the next batch, with the staged change applied."""
         with self._lock:
             staged, self._staged = self._staged, None
         if staged is not None:
@@ -55,30 +55,31 @@ class Variants:
             self._publish(previous, staged)
         return self._current
 
-    def set_weights(self, weights: Mapping[str, float]) -> None:
-        """Stage new weights for exactly the served variants; ValueError if they are not."""
+    @property
+    def latest(self) -> VariantSet:
+        """The set the next batch will use (the staged one, if any)."""
         with self._lock:
-            base = self._staged or self._current
-            if set(weights) != set(base.router.names):
-                raise ValueError(
-                    f"weights must name the served variants {', '.join(base.router.names)}, "
-                    f"got {', '.join(weights) or 'none'}"
-                )
-            self._staged = dataclasses.replace(base, router=Router(weights))
+            return self._staged or self._current
 
-    def swap_model(self, name: str, model: Model) -> Model:
-        """Stage `model` for variant `name` if it can stand in for the one it replaces
-        (ModelError otherwise); returns the staged model (outputs in the variant's order)."""
+    def stage(
+        self,
+        weights: Mapping[str, float],
+        shadows: Mapping[str, float],
+        models: Mapping[str, Model],
+    ) -> None:
+        """Serve with these weights, enabled shadows and models from the next batch on.
+
+        `models` replaces the models of the variants it names; the caller has checked them
+        (`models.check_compatible`). ValueError for weights the router cannot use."""
+        router = Router(weights)
         with self._lock:
             base = self._staged or self._current
-            checked = check_compatible(name, base.models[name], model)
-            self._staged = dataclasses.replace(base, models={**base.models, name: checked})
-        return checked
+            self._staged = VariantSet(router, {**base.models, **models}, dict(shadows))
 
     def _publish(self, previous: VariantSet | None, current: VariantSet) -> None:
         gauges = self._metrics
-        for name, weight in current.router.weights.items():
-            gauges.variant_weight.labels(name).set(weight)
+        for name in self._served:
+            gauges.variant_weight.labels(name).set(current.router.weights.get(name, 0.0))
         for name, model in current.models.items():
             old = previous.models[name] if previous is not None else None
             if old is not None and (old.version, old.sha256) != (model.version, model.sha256):

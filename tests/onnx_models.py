@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 OnnxFactory = Callable[..., Path]
 """write(path, *, width=4, dtype="float", rank=2, outputs=("label", "probabilities")) -> path"""
@@ -97,6 +97,43 @@ def write_lookup_model(path: Path, *, table_size: int = 10) -> Path:
                 "table", TensorProto.FLOAT, [table_size, 2], table.astype(np.float32).ravel()
             ),
         ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def write_slow_model(path: Path, *, width: int = 1024, layers: int = 8) -> Path:
+    """Shaped like `write_tiny_model` (`label`, `probabilities` from (N, 4) float32) but slow:
+    `layers` dense (width x width) layers per row, to stand for a model over its budget."""
+    rng = np.random.default_rng(0)
+
+    def weights(name: str, rows: int, cols: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.random((rows, cols)) / cols).astype(np.float32), name)
+
+    initializers = [
+        weights("w_in", 4, width),
+        weights("w", width, width),
+        weights("w_out", width, 2),
+    ]
+    nodes = [helper.make_node("MatMul", ["features", "w_in"], ["h0"])]
+    nodes += [helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]) for i in range(layers)]
+    nodes += [
+        helper.make_node("MatMul", [f"h{layers}", "w_out"], ["probabilities"]),
+        helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 4])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2]),
+        ],
+        initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

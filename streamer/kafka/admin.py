@@ -18,6 +18,7 @@ from streamer.errors import StreamerError
 from streamer.kafka.clients import wait_for_cluster
 
 ADMIN_TIMEOUT_S = 30.0
+DAY_MS = 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,11 @@ def create_topics(
     for topic in topology.all_topics():
         config = {}
         count = n
-        if topic == topology.routing.control_topic:
-            # Latest weights per topology key is all anyone needs; one partition keeps order.
-            config = {"cleanup.policy": "compact"}
+        if topic in topology.control_topics():
+            # The latest record per key (topology, agent) is what matters; one partition
+            # keeps order. Compaction waits a day so `streamer control history` and
+            # `rollback` have the recent past to work with.
+            config = {"cleanup.policy": "compact", "min.compaction.lag.ms": str(DAY_MS)}
             count = 1
         new.append(NewTopic(topic, num_partitions=count, replication_factor=rf, config=config))
     futures = admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)

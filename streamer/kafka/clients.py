@@ -122,9 +122,10 @@ def make_consumer(
     group_id: str,
     on_error: ErrorHook | None = None,
     on_commit: CommitHook | None = None,
+    overrides: Settings | None = None,
 ) -> Consumer:
     """A consumer in `group_id`; offsets are stored and committed only by the caller."""
-    config = _base(kafka, {"auto.offset.reset": "earliest"}, on_error)
+    config = _base(kafka, {"auto.offset.reset": "earliest", **(overrides or {})}, on_error)
     if on_commit is not None:
         config["on_commit"] = on_commit
     # Not overridable: the agent's at-least-once guarantee rests on committing explicitly.

@@ -105,11 +105,11 @@ def test_group_id_is_shared_by_the_agents_of_one_topology_only() -> None:
 def test_all_topics() -> None:
     assert topology().all_topics() == ["tx", "scores", "lake", "tx-dlq"]
     with_control = topology(routing={"control_topic": "ctl"})
-    assert with_control.all_topics() == ["tx", "scores", "lake", "tx-dlq", "ctl"]
+    assert with_control.all_topics() == ["tx", "scores", "lake", "tx-dlq", "ctl", "ctl.status"]
     bandit = topology(
         routing={"strategy": "bandit", "control_topic": "ctl"}, bandit={"feedback_topic": "fb"}
     )
-    assert bandit.all_topics() == ["tx", "scores", "lake", "tx-dlq", "ctl", "fb"]
+    assert bandit.all_topics() == ["tx", "scores", "lake", "tx-dlq", "ctl", "ctl.status", "fb"]
 
 
 def test_client_config_bootstrap_wins_over_config() -> None:

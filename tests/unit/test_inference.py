@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +10,14 @@ import onnxruntime as ort
 import pytest
 
 from streamer.demo.data import FEATURES, feature_matrix, generate_transactions
-from streamer.inference import VariantScores, score
+from streamer.inference import ShadowRunner, VariantScores, score
 from streamer.models import Model, load_model, session_options
 from streamer.routing import Router
 from streamer.variants import VariantSet
-from tests.onnx_models import write_lookup_model, write_tiny_model
+from tests.onnx_models import write_lookup_model, write_slow_model, write_tiny_model
+
+RUNNER = ShadowRunner(None)
+"""Shadows without a time budget: every shadow row is scored."""
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +49,7 @@ def test_score_serves_partition_and_shadows_score_everything(
 ) -> None:
     features, ids = batch
     router = Router({"champion": 0.7, "challenger": 0.3})
-    results = score(VariantSet(router, models, ("candidate",)), features, ids).variants
+    results = score(VariantSet(router, models, {"candidate": 1.0}), features, ids, RUNNER).variants
     by_name = {r.variant: r for r in results}
     assert set(by_name) == {"champion", "challenger", "candidate"}
 
@@ -75,7 +79,7 @@ def test_score_outputs_are_python_values_equal_to_onnxruntime(
     features, ids = batch
     stems = {"champion": "fraud_v1", "challenger": "fraud_v2", "candidate": "fraud_v3"}
     router = Router({"champion": 0.5, "challenger": 0.5})
-    results = score(VariantSet(router, models, ("candidate",)), features, ids).variants
+    results = score(VariantSet(router, models, {"candidate": 1.0}), features, ids, RUNNER).variants
     for r in results:
         ref = _reference(demo_models[stems[r.variant]], features[r.rows])
         labels = r.outputs["label"]
@@ -91,7 +95,9 @@ def test_score_single_variant_scores_whole_batch_without_copy(
     models: dict[str, Model], batch: tuple[np.ndarray, list[str]]
 ) -> None:
     features, ids = batch
-    results = score(VariantSet(Router({"challenger": 1.0}), models, ()), features, ids).variants
+    results = score(
+        VariantSet(Router({"challenger": 1.0}), models, {}), features, ids, RUNNER
+    ).variants
     (only,) = results
     assert (only.variant, only.shadow, only.propensity) == ("challenger", False, 1.0)
     assert only.rows.tolist() == list(range(len(ids)))
@@ -103,7 +109,7 @@ def test_score_skips_variants_without_rows(
     features, ids = batch
     router = Router({"champion": 1.0, "challenger": 0.0})
     results: list[VariantScores] = score(
-        VariantSet(router, models, ("candidate",)), features[:10], ids[:10]
+        VariantSet(router, models, {"candidate": 1.0}), features[:10], ids[:10], RUNNER
     ).variants
     assert [(r.variant, r.shadow) for r in results] == [
         ("champion", False),
@@ -113,10 +119,10 @@ def test_score_skips_variants_without_rows(
 
 def test_score_flags_rows_with_non_finite_outputs(tmp_path: Path) -> None:
     model = load_model(write_tiny_model(tmp_path / "tiny.onnx"), 4)
-    variants = VariantSet(Router({"a": 1.0}), {"a": model}, ())
+    variants = VariantSet(Router({"a": 1.0}), {"a": model}, {})
     # 3e38 is a finite float32, but the linear model's sums overflow to inf / NaN.
     features = np.array([[1, 2, 3, 4], [3e38, 3e38, 3e38, 3e38]], dtype=np.float32)
-    (scores,) = score(variants, features, ["x", "y"]).variants
+    (scores,) = score(variants, features, ["x", "y"], RUNNER).variants
     assert scores.finite.tolist() == [True, False]
 
 
@@ -131,7 +137,9 @@ def _rows(first: list[float]) -> np.ndarray:
 def test_a_served_model_failing_on_some_rows_is_bisected_to_those_rows(tmp_path: Path) -> None:
     model = _lookup(tmp_path)
     features = _rows([1, 2, 50, 3, 4, 99, 5, 6])
-    result = score(VariantSet(Router({"a": 1.0}), {"a": model}, ()), features, list("abcdefgh"))
+    result = score(
+        VariantSet(Router({"a": 1.0}), {"a": model}, {}), features, list("abcdefgh"), RUNNER
+    )
     assert sorted(result.failed) == [2, 5]
     assert all("variant a:" in why and "Gather" in why for why in result.failed.values())
     (scores,) = result.variants
@@ -143,9 +151,10 @@ def test_a_served_model_failing_on_some_rows_is_bisected_to_those_rows(tmp_path:
 
 def test_a_model_failing_on_every_row_fails_every_row(tmp_path: Path) -> None:
     result = score(
-        VariantSet(Router({"a": 1.0}), {"a": _lookup(tmp_path)}, ()),
+        VariantSet(Router({"a": 1.0}), {"a": _lookup(tmp_path)}, {}),
         _rows([50, 60, 70]),
         ["x", "y", "z"],
+        RUNNER,
     )
     assert sorted(result.failed) == [0, 1, 2]
     assert result.variants == []
@@ -157,12 +166,58 @@ def test_a_failing_shadow_is_counted_and_never_touches_served_rows(
     variants = VariantSet(
         Router({"champion": 1.0}),
         {"champion": models["champion"], "bad": _lookup(tmp_path)},
-        ("bad",),
+        {"bad": 1.0},
     )
-    result = score(variants, _rows([1, 50, 2, 3]), ["a", "b", "c", "d"])
+    result = score(variants, _rows([1, 50, 2, 3]), ["a", "b", "c", "d"], RUNNER)
     assert result.failed == {}
     assert result.shadow_failures == {"bad": 1}
     served = [s for s in result.variants if not s.shadow]
     assert [s.rows.tolist() for s in served] == [[0, 1, 2, 3]]
     (shadow,) = [s for s in result.variants if s.shadow]
     assert shadow.rows.tolist() == [0, 2, 3]
+
+
+def test_a_sampled_shadow_scores_the_same_ids_whatever_the_batch(
+    models: dict[str, Model], batch: tuple[np.ndarray, list[str]]
+) -> None:
+    features, ids = batch
+    variants = VariantSet(Router({"champion": 1.0}), models, {"candidate": 0.25})
+    (shadow,) = [s for s in score(variants, features, ids, RUNNER).variants if s.shadow]
+    sampled = {ids[i] for i in shadow.rows.tolist()}
+    assert 0.18 * len(ids) < len(sampled) < 0.32 * len(ids)
+    # Another agent sees the same ids in other batches, in another order: the same sample.
+    half = list(reversed(ids[::2]))
+    rows = np.array([ids.index(i) for i in half])
+    (again,) = [s for s in score(variants, features[rows], half, RUNNER).variants if s.shadow]
+    assert {half[i] for i in again.rows.tolist()} == sampled & set(half)
+
+
+def test_a_shadow_over_its_budget_is_cut_off_and_served_rows_do_not_wait(
+    tmp_path: Path, models: dict[str, Model], batch: tuple[np.ndarray, list[str]]
+) -> None:
+    features, ids = batch
+    slow = load_model(write_slow_model(tmp_path / "slow.onnx", layers=96), 4)
+    started = time.perf_counter()
+    slow.predict(features)
+    alone = time.perf_counter() - started
+    variants = VariantSet(
+        Router({"champion": 1.0}), {"champion": models["champion"], "slow": slow}, {"slow": 1.0}
+    )
+    runner = ShadowRunner(0.02)
+    started = time.perf_counter()
+    result = score(variants, features, ids, runner)
+    took = time.perf_counter() - started
+    assert [s.variant for s in result.variants] == ["champion"]
+    assert result.shadow_skipped == {"slow": len(ids)}
+    assert took < alone / 2, f"served rows waited {took:.3f}s for a {alone:.3f}s shadow"
+    # The next batch does not queue behind a cut-off call, and a fast shadow still fits.
+    fast = VariantSet(Router({"champion": 1.0}), models, {"candidate": 1.0})
+    deadline = time.monotonic() + alone * 4
+    while time.monotonic() < deadline:
+        later = score(fast, features, ids, runner)
+        if not later.shadow_skipped:
+            break
+        time.sleep(0.01)
+    assert later.shadow_skipped == {}
+    assert [s.variant for s in later.variants] == ["champion", "candidate"]
+    runner.close()

@@ -1,0 +1,1 @@
+"""Live control of a topology's variants through its compacted control topic."""

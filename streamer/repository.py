@@ -1,0 +1,91 @@
+"""Model directories (Triton's layout): numbered versions, which one serves, what changed.
+
+A variant's `model` is either one ONNX file or a directory of versions:
+
+    models/fraud/1/model.onnx
+    models/fraud/2/model.onnx
+
+The highest version serves unless one is pinned (the topology's `version`, or a control
+record's `versions`). Files are found by polling (no extra dependency); a file still being
+written is not offered until it has been left alone for `SETTLE_S`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamer.config import VariantSpec
+
+MODEL_FILE = "model.onnx"
+"""The model file inside each version directory."""
+SETTLE_S = 1.0
+"""A version file modified more recently than this may still be being written."""
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One version of a variant's model on disk."""
+
+    version: str
+    path: Path
+    signature: tuple[int, int]
+    """(size, mtime_ns): a file replaced in place is a new candidate."""
+
+
+def is_directory(spec: VariantSpec) -> bool:
+    """Whether the variant's model is a model directory (else a single file)."""
+    return spec.model.is_dir()
+
+
+def version_key(version: str) -> tuple[int, str]:
+    """Sort key: numeric versions by number, anything else after them by name."""
+    return (int(version), "") if version.isdigit() else (1 << 62, version)
+
+
+def scan(
+    spec: VariantSpec, settle_s: float = 0.0, clock: Callable[[], float] = time.time
+) -> dict[str, ModelFile]:
+    """The variant's versions on disk, lowest first: for a model file, the file itself (its
+    version is `version` or the file's stem); for a directory, every `N/model.onnx` left
+    alone for `settle_s`. Missing or unreadable paths give no versions."""
+    if not spec.model.is_dir():
+        found = _model_file(spec.version or spec.model.stem, spec.model)
+        return {found.version: found} if found is not None else {}
+    versions: dict[str, ModelFile] = {}
+    try:
+        entries = list(spec.model.iterdir())
+    except OSError:
+        return versions
+    settled_before = clock() - settle_s
+    for entry in entries:
+        if not (entry.name.isdigit() and int(entry.name) > 0):
+            continue
+        found = _model_file(entry.name, entry / MODEL_FILE)
+        if found is not None and found.signature[1] / 1e9 <= settled_before:
+            versions[found.version] = found
+    return dict(sorted(versions.items(), key=lambda kv: version_key(kv[0])))
+
+
+def _model_file(version: str, path: Path) -> ModelFile | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    if not path.is_file():
+        return None
+    return ModelFile(version, path, (stat.st_size, stat.st_mtime_ns))
+
+
+def preferred(
+    versions: Mapping[str, ModelFile], pinned: str | None, refused: Callable[[ModelFile], bool]
+) -> ModelFile | None:
+    """The version a variant should serve: the pinned one, else the highest not `refused`."""
+    if pinned is not None:
+        return versions.get(pinned)
+    for found in sorted(versions.values(), key=lambda f: version_key(f.version), reverse=True):
+        if not refused(found):
+            return found
+    return None
