@@ -231,7 +231,9 @@ class Agent:
         if self._stop.is_set():  # stopped before the cluster answered: nothing to drain
             return self.stats
         dest = self._destinations(admin)
-        live = LiveControl(t, self.variants, self.models, self.metrics, self.recent)
+        live = LiveControl(
+            t, self.variants, self.models, self.metrics, self.recent, assigned=lambda: self.assigned
+        )
         if live.needed:
             live.start(self._connect_timeout_s)
         server = self._start_metrics_server()
@@ -304,6 +306,8 @@ class Agent:
                 messages = batcher.next_batch()
                 if messages:
                     self._serve(messages, committer, dest)
+                else:  # idle: live-control changes still take effect (and show in gauges)
+                    self.variants.snapshot()
                 committer.poll()
                 self._housekeeping(consumer)
                 watchdog.check()

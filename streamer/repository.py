@@ -42,7 +42,11 @@ def is_directory(spec: VariantSpec) -> bool:
 
 def version_key(version: str) -> tuple[int, str]:
     """Sort key: numeric versions by number, anything else after them by name."""
-    return (int(version), "") if version.isdigit() else (1 << 62, version)
+    return (int(version), "") if _numeric(version) else (1 << 62, version)
+
+
+def _numeric(name: str) -> bool:
+    return name.isascii() and name.isdigit()  # "²".isdigit() too, and int() refuses it
 
 
 def scan(
@@ -61,10 +65,11 @@ def scan(
         return versions
     settled_before = clock() - settle_s
     for entry in entries:
-        if not (entry.name.isdigit() and int(entry.name) > 0):
+        if not (_numeric(entry.name) and int(entry.name) > 0):
             continue
         found = _model_file(entry.name, entry / MODEL_FILE)
-        if found is not None and found.signature[1] / 1e9 <= settled_before:
+        # settle_s 0 takes every file, even one stamped ahead of this clock (clock skew).
+        if found is not None and (settle_s <= 0 or found.signature[1] / 1e9 <= settled_before):
             versions[found.version] = found
     return dict(sorted(versions.items(), key=lambda kv: version_key(kv[0])))
 

@@ -252,11 +252,14 @@ def pin(topology: Topology, name: str, version: str | None) -> Change:
 
 
 def rollback(topology: Topology) -> Change:
-    """Re-publish the record before the current one."""
+    """Re-publish the record before the current one (before the first: the topology file's
+    weights, nothing disabled or pinned)."""
 
     def change(_base: ControlRecord, state: ControlState) -> ControlRecord:
-        if len(state.history) < 2:
-            raise ControlRejected("there is no record before the current one")
+        if not state.history:
+            raise ControlRejected("there is no record to roll back")
+        if len(state.history) == 1:
+            return default_record(topology)
         previous = state.history[-2]
         if previous.record is None:
             why = previous.problem or "it is a deletion"
@@ -355,7 +358,11 @@ def _agent_lines(report: AgentReport) -> list[str]:
     control = s.get("control") or {}
     applied = f"control offset {control['offset']}" if control else "no control record"
     state = "" if report.live else "  NOT REPORTING (stopped or dead?)"
-    lines = [f"  {report.agent}: reported {_age(report.age_s)} ago, {applied}{state}"]
+    partitions = ", ".join(map(str, s.get("partitions", []))) or "none"
+    lines = [
+        f"  {report.agent}: reported {_age(report.age_s)} ago, partitions {partitions}, "
+        f"{applied}{state}"
+    ]
     rejected = s.get("control_rejected")
     if rejected:
         lines.append(f"    rejected control offset {rejected['offset']}: {rejected['reason']}")

@@ -90,9 +90,12 @@ class LiveControl:
         metrics: Metrics,
         recent: RecentRows,
         *,
+        assigned: Callable[[], list[tuple[str, int]]] = list,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`assigned` tells which input partitions the agent owns (for its status report)."""
         self.topology = topology
+        self.assigned = assigned
         self.variants = variants
         self.metrics = metrics
         self.recent = recent
@@ -213,8 +216,15 @@ class LiveControl:
 
     def _rescan(self) -> None:
         """Look for new (or removed) versions and serve what the plan says."""
-        for name in self._files:
-            self._files[name] = scan(self._specs[name], SETTLE_S)
+        for name, previous in self._files.items():
+            spec = self._specs[name]
+            found = scan(spec, SETTLE_S)
+            # A known version whose file is being rewritten stays as it was until it
+            # settles (it must not look removed, or an older version would step in).
+            for version in scan(spec).keys() - found.keys():
+                if version in previous:
+                    found[version] = previous[version]
+            self._files[name] = dict(sorted(found.items(), key=lambda kv: version_key(kv[0])))
         self._converge(self._plan)
 
     def _converge(self, plan: Plan, *, pinned_strictly: bool = False) -> None:
@@ -232,6 +242,8 @@ class LiveControl:
                 chosen = None
             if chosen is not None:
                 swaps[name] = chosen
+        if not swaps and plan == self._plan:
+            return  # nothing to change: the batch loop keeps its set
         for name, (model, signature) in swaps.items():
             old = self._serving[name]
             self._serving[name] = model
@@ -255,21 +267,23 @@ class LiveControl:
             candidates = sorted(files.values(), key=lambda f: version_key(f.version), reverse=True)
         current = self._serving[name]
         for file in candidates:
-            if file.version == current.version and file.signature == self._serving_sig[name]:
+            same_version = file.version == current.version
+            if same_version and file.signature == self._serving_sig[name]:
                 return None
             refused = self._refused.get(name, {}).get(file.version)
-            if refused is not None and refused[0] == file.signature:
-                if pin is not None:
-                    raise ModelError(refused[1])
-                continue
             try:
-                model = self._load(name, file)
-            except ModelError as exc:
-                self._refuse(name, file, str(exc))
+                if refused is not None and refused[0] == file.signature:
+                    raise ModelError(refused[1])  # refused before, and unchanged since
+                try:
+                    return self._load(name, file), file.signature
+                except ModelError as exc:
+                    self._refuse(name, file, str(exc))
+                    raise
+            except ModelError:
                 if pin is not None:
                     raise
-                continue
-            return model, file.signature
+                if same_version:  # rewritten in place and broken: the copy in memory serves
+                    return None
         return None
 
     def _load(self, name: str, file: ModelFile) -> Model:
@@ -329,6 +343,7 @@ class LiveControl:
             "pid": os.getpid(),
             "started": self._started_ms,
             "strategy": self.topology.routing.strategy,
+            "partitions": sorted(p for _, p in self.assigned()),
             "control": applied,
             "control_rejected": self._last_rejected,
             "variants": variants,

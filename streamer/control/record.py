@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    ValidationError,
+    field_validator,
+)
 
 from streamer.config import Topology
 
@@ -34,8 +41,9 @@ class ControlRecord(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    weights: dict[str, float]
-    """Served variant -> share of traffic; the shares sum to 1."""
+    weights: dict[str, StrictFloat]
+    """Served variant -> share of traffic; the shares sum to 1 (JSON true/false are not
+    numbers here)."""
     policy: str | None = None
     """Who chose the weights: `manual` for a person, the bandit policy for the controller."""
     ts: float | None = None

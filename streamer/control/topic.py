@@ -45,7 +45,11 @@ class TopicReader:
         self.topic = topic
         # assign() never joins the group; the id only satisfies librdkafka.
         self.consumer: Consumer = make_consumer(
-            kafka, f"streamer.reader.{topic}", on_error, overrides={"enable.partition.eof": True}
+            kafka,
+            f"streamer.reader.{topic}",
+            on_error,
+            # A record must reach followers fast; an idle fetch every 100 ms is cheap.
+            overrides={"enable.partition.eof": True, "fetch.wait.max.ms": 100},
         )
         self._partitions: set[int] = set()
         self._at_end: set[int] = set()
@@ -128,7 +132,8 @@ def publish(
     timeout_s: float = READ_TIMEOUT_S,
 ) -> int:
     """Write one record and wait for its acknowledgement; returns its offset."""
-    producer = make_producer(kafka, {"linger.ms": 0})
+    # One record: idempotence buys nothing and its producer-id handshake delays the send.
+    producer = make_producer(kafka, {"linger.ms": 0, "enable.idempotence": False})
     result: list[Message] = []
     errors: list[KafkaError] = []
 

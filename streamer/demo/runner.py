@@ -1,9 +1,13 @@
 """`streamer demo`: the whole path on the local broker, with a live view and a summary.
 
-Starts (or reuses) the local Kafka, trains the demo models if missing, creates the
-topology's topics, streams synthetic transactions with 1% garbage at a steady rate, serves
-them with an in-process agent and finally reads the output topic back to report exact
-end-to-end latency and the variant split.
+Starts (or reuses) the local Kafka, trains the demo models and lays out the model
+directories if missing, creates the topology's topics, streams synthetic transactions with 1%
+garbage at a steady rate, serves them with an in-process agent and finally reads the output
+topic back to report exact end-to-end latency and the variant split with model versions.
+
+The agent follows the topology's control topic and watches its model directories, so the
+live view shows what `streamer control ... promote challenger` or a new
+`models/challenger/N/model.onnx` changes while the demo runs.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +32,7 @@ from streamer.errors import StreamerError
 from streamer.kafka.admin import create_topics
 from streamer.kafka.clients import make_consumer, make_producer, produce, retrying
 from streamer.kafka.local import LocalKafka, answers, start
+from streamer.repository import scan, version_key
 from streamer.testing import RunningAgent
 from streamer.validate import validate
 
@@ -44,7 +49,35 @@ class DemoSummary:
     throughput: float
     latency_ms: dict[str, float]
     variants: dict[str, int]
+    """Served variant -> outputs read back."""
+    versions: dict[str, dict[str, int]]
+    """Served variant -> model version -> outputs read back (a version can change live)."""
     shadow_scored: int
+
+
+@dataclass(frozen=True)
+class VariantLive:
+    """One served variant in a line of the live view."""
+
+    name: str
+    weight: float | None
+    """Its share of the routing weights in force; None while it is disabled."""
+    served: int
+    """Outputs it served since the previous line."""
+    version: str
+    """The model version it serves."""
+
+
+@dataclass(frozen=True)
+class LiveLine:
+    """What one line of the live view shows."""
+
+    elapsed: float
+    served: int
+    dead_letters: int
+    rate: float
+    """Events served or dead-lettered per second since the previous line."""
+    variants: list[VariantLive]
 
 
 def run_demo(
@@ -56,15 +89,9 @@ def run_demo(
             f"{topology_path}: not found; run the demo from the repository root or pass --topology"
         )
     topology = load_topology(topology_path)
-    for directory in sorted({v.model.parent for v in topology.variants}):
-        missing = [
-            v.model.name
-            for v in topology.variants
-            if v.model.parent == directory and not v.model.exists()
-        ]
-        if missing:
-            echo(f"training demo models into {directory} ({', '.join(missing)}) ...")
-            ensure_models(directory)
+    for directory, missing in missing_models(topology).items():
+        echo(f"creating demo models in {directory} ({', '.join(missing)}) ...")
+        ensure_models(directory)
     validation = validate(topology_path)
     if validation.problems:
         raise StreamerError(str(validation.problems[0]))
@@ -92,6 +119,16 @@ def run_demo(
     if errors:
         raise StreamerError(f"demo failed: {errors[0]}")
     return _summarise(topology, running.agent, events, start_offsets, time.monotonic() - began)
+
+
+def missing_models(topology: Topology) -> dict[Path, list[str]]:
+    """Directory -> the variants' models in it with nothing to serve (no file, or a model
+    directory without versions), for `ensure_models` to create."""
+    missing: dict[Path, list[str]] = defaultdict(list)
+    for v in topology.variants:
+        if not scan(v):
+            missing[v.model.parent].append(v.model.name)
+    return dict(sorted(missing.items()))
 
 
 def _is_local(bootstrap: str) -> bool:
@@ -132,20 +169,25 @@ def _live_view(
     errors: list[BaseException],
 ) -> None:
     """A progress line a second until every event is served or something failed."""
-    stats = running.agent.stats
-    last_done, last_t = 0, began
+    agent = running.agent
+    stats = agent.stats
+    last_done, last_t, last_counts = 0, began, _served_counts(agent)
     deadline = began + max(events / 500.0, 120.0)
     while time.monotonic() < deadline and not errors and running.error is None:
         time.sleep(1.0)
-        stats = running.agent.stats  # a snapshot of the agent's metrics
+        stats = agent.stats  # a snapshot of the agent's metrics
+        counts = _served_counts(agent)
         done = stats.served + stats.dead_letters
         now = time.monotonic()
-        echo(
-            f"  t={now - began:5.1f}s  consumed {stats.consumed:>7}  served {stats.served:>7}"
-            f"  dead letters {stats.dead_letters:>4}  {(done - last_done) / (now - last_t):8.0f}"
-            f" ev/s  batches {stats.batches}"
+        line = LiveLine(
+            elapsed=now - began,
+            served=stats.served,
+            dead_letters=stats.dead_letters,
+            rate=(done - last_done) / (now - last_t),
+            variants=_live_variants(agent, last_counts, counts),
         )
-        last_done, last_t = done, now
+        echo(format_live_line(line))
+        last_done, last_t, last_counts = done, now, counts
         if done >= events:
             return
     if not errors and running.error is None:
@@ -154,6 +196,60 @@ def _live_view(
                 f"only {stats.served + stats.dead_letters} of {events} events were served in time"
             )
         )
+
+
+def _served_counts(agent: Agent) -> dict[str, int]:
+    """Served variant -> outputs it has served so far (from the agent's metrics)."""
+    return {
+        v.name: int(
+            agent.metrics.value("streamer_predictions_total", variant=v.name, shadow="false")
+        )
+        for v in agent.topology.served
+    }
+
+
+def _live_variants(
+    agent: Agent, before: Mapping[str, int], after: Mapping[str, int]
+) -> list[VariantLive]:
+    latest = agent.variants.latest  # what the next batch is served with
+    versions = {name: model.version for name, model in latest.models.items()}
+    return live_variants(latest.router.weights, versions, before, after)
+
+
+def live_variants(
+    weights: Mapping[str, float],
+    versions: Mapping[str, str],
+    before: Mapping[str, int],
+    after: Mapping[str, int],
+) -> list[VariantLive]:
+    """Each variant of `after` (served variant -> outputs so far) with its weight (absent:
+    disabled), model version and the outputs it served since the `before` counts."""
+    return [
+        VariantLive(
+            name=name,
+            weight=weights.get(name),
+            served=count - before.get(name, 0),
+            version=versions.get(name, "?"),
+        )
+        for name, count in after.items()
+    ]
+
+
+def format_live_line(line: LiveLine) -> str:
+    """`t=  3.0s served 14,512 dl 145  5,010 ev/s | champion w0.90 89% v fraud_v1 | ...`:
+    per served variant its weight (`off` while disabled), its share of the outputs since the
+    previous line (`-` when there were none) and the model version it serves."""
+    head = (
+        f"t={line.elapsed:5.1f}s served {line.served:>6,} dl {line.dead_letters:>3,}"
+        f" {line.rate:>6,.0f} ev/s"
+    )
+    total = sum(v.served for v in line.variants)
+    parts = [head]
+    for v in line.variants:
+        weight = "off  " if v.weight is None else f"w{v.weight:.2f}"
+        share = f"{v.served / total:>3.0%}" if total else "  -"
+        parts.append(f"{v.name} {weight} {share} v {v.version}")
+    return " | ".join(parts)
 
 
 def _end_offsets(topology: Topology) -> dict[int, int]:
@@ -191,6 +287,7 @@ def _summarise(
     consumer.assign([TopicPartition(topology.output.topic, p, o) for p, o in start.items()])
     latencies: list[int] = []
     variants: Counter[str] = Counter()
+    versions: defaultdict[str, Counter[str]] = defaultdict(Counter)
     deadline = time.monotonic() + 30
     while len(latencies) < stats.served and time.monotonic() < deadline:
         for msg in consumer.consume(1000, 0.5):
@@ -199,6 +296,7 @@ def _summarise(
             value = decoder.decode(msg.value())
             latencies.append(value["ts_predicted"] - value["ts_event"])
             variants[value["variant"]] += 1
+            versions[value["variant"]][str(value["model_version"])] += 1
     consumer.close()
     lat = np.array(latencies or [0], dtype=np.float64)
     span = (stats.last_output_at or 0) - (stats.first_output_at or 0)
@@ -220,6 +318,7 @@ def _summarise(
             for q, p in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))
         },
         variants=dict(variants),
+        versions={name: dict(counts) for name, counts in versions.items()},
         shadow_scored=int(shadow_scored),
     )
 
@@ -236,6 +335,7 @@ def format_summary(s: DemoSummary) -> str:
             "summary",
             f"  events in        {s.events}",
             f"  predictions out  {s.served}  ({split})",
+            f"  model versions   {format_versions(s.versions)}",
             f"  shadow scored    {s.shadow_scored}",
             f"  dead letters     {sum(s.dead_letters.values())}  ({dead})",
             f"  served rate      {s.throughput:,.0f} events/s (first to last output; "
@@ -244,3 +344,19 @@ def format_summary(s: DemoSummary) -> str:
             f"p99 {lat['p99']:.0f} ms  max {lat['max']:.0f} ms",
         ]
     )
+
+
+def format_versions(versions: Mapping[str, Mapping[str, int]]) -> str:
+    """`challenger 1, champion fraud_v1`; a variant that served several versions (one was
+    added or pinned while the demo ran) lists each with its outputs: `challenger 1 (12) 2 (18)`."""
+    return (
+        ", ".join(f"{name} {_versions_of(counts)}" for name, counts in sorted(versions.items()))
+        or "none"
+    )
+
+
+def _versions_of(counts: Mapping[str, int]) -> str:
+    ordered = sorted(counts, key=version_key)
+    if len(ordered) == 1:
+        return ordered[0]
+    return " ".join(f"{v} ({counts[v]})" for v in ordered)

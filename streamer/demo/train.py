@@ -5,6 +5,10 @@ Every model takes one float32 input ``features`` of shape ``[N, 4]`` (columns in
 ``probabilities`` (float32 ``[N, 2]``, column 1 = fraud). The description, holdout ROC AUC and
 training parameters are stored in the ONNX ``metadata_props``.
 
+``ensure_models`` also lays out the demo's model directories (Triton layout, see
+``streamer.repository``): ``challenger/1/model.onnx`` starts as a copy of ``fraud_v2``, and
+versions added next to it while the demo runs are picked up live.
+
 Needs the ``demo`` extra (scikit-learn, skl2onnx, onnx). Run
 ``python -m streamer.demo.train [OUT_DIR]`` to (re)train all models into ``models/``.
 """
@@ -31,6 +35,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from streamer.demo.data import FEATURES, feature_matrix, generate_dataset
+from streamer.repository import MODEL_FILE
 
 DEMO_MODELS: dict[str, str] = {
     "fraud_v1": "logistic regression on standardized features (linear baseline)",
@@ -38,6 +43,9 @@ DEMO_MODELS: dict[str, str] = {
     "fraud_v3": "random forest, 30 trees of max depth 8",
 }
 """Model file stem -> short description, weakest first."""
+
+DEMO_DIRECTORIES: dict[str, str] = {"challenger": "fraud_v2"}
+"""Model directory -> the model file stem its version 1 is a copy of."""
 
 INPUT_NAME = "features"
 OUTPUT_NAMES: tuple[str, str] = ("label", "probabilities")
@@ -171,14 +179,38 @@ def train_models(out_dir: Path, n_train: int = 40_000, seed: int = 7) -> dict[st
 
 
 def ensure_models(out_dir: Path, n_train: int = 40_000, seed: int = 7) -> dict[str, Path]:
-    """Return paths of all demo models, training only those whose file is missing."""
+    """Return paths of all demo models, training only those whose file is missing, and
+    create each ``DEMO_DIRECTORIES`` version 1 that is missing (``ensure_model_directory``)."""
     missing = [stem for stem in DEMO_MODELS if not (out_dir / f"{stem}.onnx").is_file()]
     _train(out_dir, missing, n_train, seed)
+    ensure_model_directories(out_dir)
     return {stem: out_dir / f"{stem}.onnx" for stem in DEMO_MODELS}
 
 
+def ensure_model_directory(out_dir: Path, name: str, stem: str) -> Path:
+    """Return ``out_dir/name/1/model.onnx``, first copying ``out_dir/stem.onnx`` there
+    (atomically: an agent watching the directory never sees half a file) if it is missing.
+
+    An existing version 1 is kept, even when ``stem`` was retrained since: an agent may be
+    serving it, and a new model belongs in a new version directory."""
+    path = out_dir / name / "1" / MODEL_FILE
+    if not path.is_file():
+        data = (out_dir / f"{stem}.onnx").read_bytes()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(path, data)
+    return path
+
+
+def ensure_model_directories(out_dir: Path) -> dict[str, Path]:
+    """``ensure_model_directory`` for every ``DEMO_DIRECTORIES`` entry: name -> version 1."""
+    return {
+        name: ensure_model_directory(out_dir, name, stem) for name, stem in DEMO_DIRECTORIES.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Train all demo models into ``argv[0]`` (default ``models``) and print a summary."""
+    """Train all demo models into ``argv[0]`` (default ``models``), create the model
+    directories that are missing and print a summary."""
     args = sys.argv[1:] if argv is None else argv
     out_dir = Path(args[0] if args else "models")
     started = time.perf_counter()
@@ -188,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         auc = model_metadata(path)["holdout_auc"]
         print(f"{stem}  auc={auc}  size={path.stat().st_size / 1024:.1f} KiB  {path}")
     print(f"trained {len(paths)} models in {elapsed:.1f} s")
+    for name, path in ensure_model_directories(out_dir).items():
+        print(f"{name}/1  copy of {DEMO_DIRECTORIES[name]} (an existing one is kept)  {path}")
     return 0
 
 

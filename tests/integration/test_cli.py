@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -109,6 +110,7 @@ def test_demo_runs_end_to_end(kafka: str, tmp_path: Path, monkeypatch: pytest.Mo
     suffix = tmp_path.name[-8:].replace("_", "-")
     for section in ("input", "output", "lake", "dead_letter"):
         spec[section]["topic"] = f"{spec[section]['topic']}-{suffix}"
+    spec["routing"]["control_topic"] = f"{spec['routing']['control_topic']}-{suffix}"
     spec["name"] = f"fraud-{suffix}"
     spec["metrics"] = {"port": None}
     topology = tmp_path / "topologies" / "fraud.yaml"
@@ -119,12 +121,23 @@ def test_demo_runs_end_to_end(kafka: str, tmp_path: Path, monkeypatch: pytest.Mo
     )
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "training demo models" in out  # the copy starts without models
+    # The copy starts without models: trained, and the challenger's directory laid out.
+    assert "creating demo models in" in out
+    assert (tmp_path / "models" / "challenger" / "1" / "model.onnx").is_file()
+    # The live view: each served variant's weight, share of the last second and version.
+    live = re.compile(
+        r"^t= *\d+\.\ds served +[\d,]+ dl +[\d,]+ +[\d,]+ ev/s"
+        r" \| champion w0\.90 +(\d+%|-) v fraud_v1 \| challenger w0\.10 +(\d+%|-) v 1$"
+    )
+    lines = out.splitlines()
+    assert any(live.match(line) for line in lines), out
+    assert all(len(line) < 150 for line in lines if line.startswith("t=")), out
     assert "events in        3000" in out
     served = int(out.split("predictions out")[1].split()[0])
     dead = int(out.split("dead letters")[-1].split()[0])
     assert served + dead == 3000 and 0 < dead < 100
     assert "champion" in out and "challenger" in out
+    assert "model versions   challenger 1, champion fraud_v1" in out
     assert f"shadow scored    {served}" in out
 
 

@@ -559,3 +559,157 @@ def test_error_names_the_file_as_given(ws: Workspace, monkeypatch: pytest.Monkey
     assert line == (
         f"error: topologies/given.yaml: variants[1].model: {expected_model}: model file not found"
     )
+
+
+# -- model directories and sampled shadows ----------------------------------------------------
+
+
+def model_directory(ws: Workspace, tiny_model: OnnxFactory, *versions: int) -> Path:
+    """models/fraud/<v>/model.onnx for each version; the directory itself even with none."""
+    root = ws.root / "models" / "fraud"
+    root.mkdir(parents=True, exist_ok=True)
+    for v in versions:
+        tiny_model(root / str(v) / "model.onnx")
+    return root
+
+
+def directory_spec(**champion: Any) -> dict[str, Any]:
+    """base_spec with the champion served from the model directory models/fraud."""
+    spec = base_spec()
+    spec["variants"][0] = {"name": "champion", "model": "../models/fraud", "weight": 0.9}
+    spec["variants"][0].update(champion)
+    return spec
+
+
+def warning_lines(result: Result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+
+
+def test_a_model_directory_serves_its_highest_version(
+    ws: Workspace, tiny_model: OnnxFactory
+) -> None:
+    root = model_directory(ws, tiny_model, 1, 2)
+    path = ws.write("directory", directory_spec())
+    result = invoke(path)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert result.stdout.splitlines() == [
+        f"{path}: ok: fraud: 4 features, variants champion [version 2 of 1, 2], challenger"
+    ]
+    checked = validate(path)
+    assert checked.problems == [] and checked.warnings == []
+    assert checked.versions["champion"] == ["1", "2"]
+    assert checked.models["champion"].version == "2"
+    assert checked.models["champion"].path == root / "2" / "model.onnx"
+
+
+def test_versions_are_listed_in_numeric_order(ws: Workspace, tiny_model: OnnxFactory) -> None:
+    model_directory(ws, tiny_model, 2, 10, 9)
+    result = invoke(ws.write("numeric", directory_spec()))
+    assert result.exit_code == 0, result.output
+    assert "champion [version 10 of 2, 9, 10]" in result.stdout
+
+
+def test_a_topology_version_pins_the_served_version(ws: Workspace, tiny_model: OnnxFactory) -> None:
+    model_directory(ws, tiny_model, 1, 2)
+    result = invoke(ws.write("pinned", directory_spec(version="1")))
+    assert result.exit_code == 0, result.output
+    assert "champion [version 1 of 1, 2]" in result.stdout
+
+
+def test_a_broken_version_next_to_good_ones_is_a_warning(
+    ws: Workspace, tiny_model: OnnxFactory
+) -> None:
+    root = model_directory(ws, tiny_model, 1, 2)
+    (root / "3").mkdir()
+    (root / "3" / "model.onnx").write_bytes(os.urandom(512))
+    path = ws.write("broken_version", directory_spec())
+    result = invoke(path)
+    assert result.exit_code == 0, result.output
+    assert error_lines(result) == []
+    (line,) = warning_lines(result)
+    assert line.startswith(f"warning: {path}: variants[0].model: version 3: "), line
+    assert f"{root / '3' / 'model.onnx'}: not a loadable ONNX model" in line
+    assert "champion [version 2 of 1, 2, 3]" in result.stdout
+
+
+def test_an_older_version_with_other_outputs_is_a_warning(
+    ws: Workspace, tiny_model: OnnxFactory
+) -> None:
+    root = model_directory(ws, tiny_model, 2)
+    tiny_model(root / "1" / "model.onnx", outputs=("probabilities",))
+    path = ws.write("old_outputs", directory_spec())
+    result = invoke(path)
+    assert result.exit_code == 0, result.output
+    (line,) = warning_lines(result)
+    assert line.startswith(f"warning: {path}: variants[0].model: version 1: "), line
+    assert "has outputs probabilities, expected label, probabilities" in line
+
+
+def test_a_model_directory_where_no_version_loads_is_an_error(
+    ws: Workspace, tiny_model: OnnxFactory
+) -> None:
+    root = model_directory(ws, tiny_model)
+    for v in ("1", "2"):
+        (root / v).mkdir()
+        (root / v / "model.onnx").write_bytes(b"garbage" * 64)
+    path = ws.write("all_broken", directory_spec())
+    (line,) = assert_clean_failure(invoke(path), expected_errors=1)
+    assert line.startswith(f"error: {path}: variants[0].model: {root / '2' / 'model.onnx'}: ")
+    assert "not a loadable ONNX model" in line
+
+
+def test_an_empty_model_directory_is_an_error(ws: Workspace, tiny_model: OnnxFactory) -> None:
+    root = model_directory(ws, tiny_model)
+    (root / "latest").mkdir()  # not a version
+    path = ws.write("empty_directory", directory_spec())
+    (line,) = assert_clean_failure(invoke(path), expected_errors=1)
+    assert line == f"error: {path}: variants[0].model: {root}: model directory has no N/model.onnx"
+
+
+def test_a_topology_version_not_in_the_directory_is_an_error(
+    ws: Workspace, tiny_model: OnnxFactory
+) -> None:
+    root = model_directory(ws, tiny_model, 1, 2)
+    path = ws.write("pinned_absent", directory_spec(version="7"))
+    (line,) = assert_clean_failure(invoke(path), expected_errors=1)
+    assert line == f"error: {path}: variants[0].model: {root}: version 7 not found (has 1, 2)"
+
+
+def test_sample_rate_on_a_served_variant_is_a_config_error(ws: Workspace) -> None:
+    spec = base_spec()
+    spec["variants"][1]["sample_rate"] = 0.5
+    path = ws.write("sampled_served", spec)
+    (line,) = assert_clean_failure(invoke(path), expected_errors=1)
+    assert line.startswith(f"error: {path}: variants[1]"), line
+    assert "sample_rate applies to shadow variants only" in line
+
+
+@pytest.mark.parametrize(
+    ("rate", "fragment"), [(1.5, "less than or equal to 1"), (-0.1, "greater than or equal to 0")]
+)
+def test_a_shadow_sample_rate_outside_0_to_1_is_a_config_error(
+    ws: Workspace, rate: float, fragment: str
+) -> None:
+    spec = base_spec()
+    spec["variants"].append(
+        {"name": "candidate", "model": "../models/good.onnx", "shadow": True, "sample_rate": rate}
+    )
+    path = ws.write("sample_rate_range", spec)
+    (line,) = assert_clean_failure(invoke(path), expected_errors=1)
+    assert line.startswith(f"error: {path}: variants[2].sample_rate: "), line
+    assert fragment in line
+
+
+def test_a_sampled_shadow_validates(ws: Workspace) -> None:
+    spec = base_spec()
+    spec["variants"].append(
+        {"name": "candidate", "model": "../models/good.onnx", "shadow": True, "sample_rate": 0.1}
+    )
+    path = ws.write("sampled_shadow", spec)
+    result = invoke(path)
+    assert result.exit_code == 0, result.output
+    assert "candidate (shadow)" in result.stdout
+    topology = validate(path).topology
+    assert topology is not None
+    assert topology.shadows[0].sample_rate == 0.1
