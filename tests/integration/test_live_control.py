@@ -27,7 +27,7 @@ from streamer.demo.data import generate_transactions
 from streamer.repository import MODEL_FILE
 from streamer.testing import RunningAgent, consume, produce
 from tests.conftest import TRANSACTION, TopologyFactory, keyed_transactions
-from tests.onnx_models import write_tiny_model
+from tests.onnx_models import write_slow_model, write_tiny_model
 
 pytestmark = pytest.mark.integration
 
@@ -456,3 +456,29 @@ def test_control_without_a_control_topic_fails_in_one_line(
 ) -> None:
     topology = make_topology(create=False)
     assert "routing.control_topic: not set" in control_fails(topology, "show")
+
+
+def test_a_slow_shadow_is_cut_at_its_budget_and_every_event_is_still_served(
+    make_topology: TopologyFactory, kafka: str, demo_models: dict[str, Path], tmp_path: Path
+) -> None:
+    slow = write_slow_model(tmp_path / "slow.onnx", layers=64)
+    n = 3000
+    topology = make_topology(
+        variants=[
+            {"name": "a", "model": str(demo_models["fraud_v2"]), "weight": 1.0},
+            {"name": "slow", "model": str(slow), "shadow": True},
+        ],
+        batching={"max_batch_size": 256, "max_wait_ms": 20, "shadow_budget_ms": 10},
+    )
+    produce(kafka, topology.input.topic, keyed_transactions(generate_transactions(n, seed=9)))
+    with RunningAgent(topology) as running:
+        running.wait_until(n)
+        stats = running.stop()
+    metrics = running.agent.metrics
+    scored = int(metrics.value("streamer_predictions_total", variant="slow"))
+    skipped = int(metrics.value("streamer_shadow_skipped_total", variant="slow"))
+    assert stats.served == n and stats.dead_letters == 0
+    assert scored + skipped == n and skipped > 0, (scored, skipped)
+    lake = values(consume(kafka, topology.lake.topic, n + scored))
+    assert Counter(r["variant"] for r in lake) == Counter({"a": n, "slow": scored})
+    assert len(values(consume(kafka, topology.output.topic, n))) == n
