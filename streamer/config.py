@@ -200,14 +200,51 @@ class RoutingSpec(_Model):
 
 
 class BanditSpec(_Model):
+    """The bandit controller (`streamer controller`): joins the lake with delayed rewards
+    and moves traffic to the variants that earn more."""
+
     policy: Literal["thompson", "ucb1", "epsilon_greedy"] = "thompson"
     feedback_topic: str
+    """Rewards: JSON `{"id", "reward"}` (key = id), optionally `"variant"`."""
     min_weight: float = Field(default=0.02, ge=0.0, lt=1.0)
-    """Floor for every variant's weight so none starves of exploration."""
+    """Floor for every enabled served variant's weight so none starves of exploration."""
+    reward: Literal["binary", "continuous"] = "binary"
+    """binary: rewards in [0, 1] (Beta-Bernoulli Thompson); continuous: any finite number."""
+    reward_window_s: float = Field(default=600.0, gt=0.0, le=7 * 86400.0)
+    """How long a decision waits for its reward."""
+    default_reward: float | None = Field(default=None, allow_inf_nan=False)
+    """Applied to a decision whose window closes without feedback; null drops it."""
+    update_interval_s: float = Field(default=5.0, ge=0.1, le=86400.0)
+    """At most one control record per interval."""
+    min_rewards: int = Field(default=100, ge=0)
+    """Rewards counted (all variants) before the first move."""
     decay: float = Field(default=1.0, gt=0.0, le=1.0)
-    """Multiplier on past evidence per update; < 1 forgets old rewards."""
+    """Multiplier on past evidence per update interval; < 1 forgets old rewards."""
+    epsilon: float = Field(default=0.1, ge=0.0, le=1.0)
+    """epsilon_greedy: the share of traffic spread evenly for exploration."""
+    max_pending: int = Field(default=5_000_000, ge=1)
+    """Cap on decisions waiting for a reward (per controller process); the oldest go first."""
+    seed: int | None = None
+    """Seeds the policy's random draws (Thompson sampling) for reproducible runs."""
+    checkpoint_topic: str | None = None
+    """Compacted topic of the controller's learned state and input positions
+    (default: `<routing.control_topic>.bandit`)."""
+    metrics_port: int | None = Field(default=9101, ge=0, le=65535)
+    """The controller's /metrics, /healthz, /readyz; null disables, 0 picks a free port."""
 
     _check_topic = field_validator("feedback_topic")(_topic)
+
+    @field_validator("checkpoint_topic")
+    @classmethod
+    def _checkpoint(cls, value: str | None) -> str | None:
+        return None if value is None else _topic(value)
+
+    @model_validator(mode="after")
+    def _binary_default(self) -> BanditSpec:
+        d = self.default_reward
+        if self.reward == "binary" and d is not None and not 0.0 <= d <= 1.0:
+            raise ValueError("default_reward must be within [0, 1] for reward: binary")
+        return self
 
 
 class ModelsSpec(_Model):
@@ -287,6 +324,8 @@ class Topology(_Model):
         r = self.routing
         if self.routing.strategy == "bandit" and self.bandit is None:
             raise ValueError("routing.strategy bandit needs a bandit section")
+        if self.bandit is not None and r.control_topic is None:
+            raise ValueError("a bandit section needs routing.control_topic (it publishes there)")
         if r.status_topic is not None and r.control_topic is None:
             raise ValueError("routing.status_topic needs a routing.control_topic")
         topics = {
@@ -296,6 +335,8 @@ class Topology(_Model):
             "dead_letter.topic": self.dead_letter.topic,
             "routing.control_topic": r.control_topic,
             "routing.status_topic": r.agent_status_topic,
+            "bandit.feedback_topic": self.bandit.feedback_topic if self.bandit else None,
+            "bandit.checkpoint_topic": self.checkpoint_topic,
         }
         seen: dict[str, str] = {}
         for key, topic in topics.items():
@@ -329,6 +370,18 @@ class Topology(_Model):
         """The topics an agent reads and writes: input, output, lake, dead letters."""
         return [self.input.topic, self.output.topic, self.lake.topic, self.dead_letter.topic]
 
+    @property
+    def checkpoint_topic(self) -> str | None:
+        """Where the bandit controller keeps its learned state (None without a bandit)."""
+        if self.bandit is None or self.routing.control_topic is None:
+            return None
+        return self.bandit.checkpoint_topic or f"{self.routing.control_topic}.bandit"
+
+    @property
+    def controller_group_id(self) -> str:
+        """Consumer group of this topology's bandit controllers."""
+        return f"{self.name}.controller"
+
     def control_topics(self) -> list[str]:
         """The compacted topics of live control: control records and agents' reports."""
         r = self.routing
@@ -339,6 +392,8 @@ class Topology(_Model):
         topics = self.agent_topics() + self.control_topics()
         if self.bandit is not None:
             topics.append(self.bandit.feedback_topic)
+        if self.checkpoint_topic is not None:
+            topics.append(self.checkpoint_topic)
         return topics
 
 

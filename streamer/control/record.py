@@ -46,7 +46,7 @@ class ControlRecord(BaseModel):
     numbers here)."""
     policy: str | None = None
     """Who chose the weights: `manual` for a person, the bandit policy for the controller."""
-    ts: float | None = None
+    ts: Any = None
     """Epoch ms when it was written; informational (agents never reject a record for it)."""
     reason: str | None = None
     disabled: list[str] = Field(default_factory=list)

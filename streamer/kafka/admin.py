@@ -18,7 +18,8 @@ from streamer.errors import StreamerError
 from streamer.kafka.clients import wait_for_cluster
 
 ADMIN_TIMEOUT_S = 30.0
-DAY_MS = 24 * 3600 * 1000
+HOUR_MS = 3600 * 1000
+DAY_MS = 24 * HOUR_MS
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,11 @@ def create_topics(
             # keeps order. Compaction waits a day so `streamer control history` and
             # `rollback` have the recent past to work with.
             config = {"cleanup.policy": "compact", "min.compaction.lag.ms": str(DAY_MS)}
+            count = 1
+        elif topic == topology.checkpoint_topic:
+            # A checkpoint a second per partition: hourly segments let compaction keep
+            # what a restarting controller reads short.
+            config = {"cleanup.policy": "compact", "segment.ms": str(HOUR_MS)}
             count = 1
         new.append(NewTopic(topic, num_partitions=count, replication_factor=rf, config=config))
     futures = admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)

@@ -109,7 +109,16 @@ def test_all_topics() -> None:
     bandit = topology(
         routing={"strategy": "bandit", "control_topic": "ctl"}, bandit={"feedback_topic": "fb"}
     )
-    assert bandit.all_topics() == ["tx", "scores", "lake", "tx-dlq", "ctl", "ctl.status", "fb"]
+    assert bandit.all_topics() == [
+        "tx",
+        "scores",
+        "lake",
+        "tx-dlq",
+        "ctl",
+        "ctl.status",
+        "fb",
+        "ctl.bandit",
+    ]
 
 
 def test_client_config_bootstrap_wins_over_config() -> None:

@@ -89,7 +89,6 @@ def rejected(
         (b'{"weights": {"a": 1}, "versions": {"a": 2.5}}', "versions.a: "),
         (b'{"weights": {"a": 1}, "versions": {"a": true}}', "versions.a: "),
         (b'{"weights": {"a": 1}, "source": "robot"}', "source: "),
-        (b'{"weights": {"a": 1}, "ts": "yesterday"}', "ts: "),
     ],
 )
 def test_parse_rejects_with_one_line(value: bytes, fragment: str) -> None:
@@ -111,6 +110,11 @@ def test_parse_counts_further_problems_on_the_same_line() -> None:
 def test_parse_rejects_a_boolean_weight() -> None:
     with pytest.raises(ControlRejected, match=r"weights\.a"):
         parse(b'{"weights": {"a": true, "b": false}}')
+
+
+def test_ts_is_informational_and_never_rejects_a_record() -> None:
+    for ts in (b'"yesterday"', b"null", b"-1", b"[1]"):
+        assert parse(b'{"weights": {"a": 1}, "ts": ' + ts + b"}").weights == {"a": 1.0}
 
 
 def test_parse_ignores_unknown_keys_and_keeps_known_ones() -> None:

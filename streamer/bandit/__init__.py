@@ -1,0 +1,1 @@
+"""The bandit controller: learn from the inference lake and delayed rewards, reweight live."""
