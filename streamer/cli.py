@@ -16,6 +16,7 @@ import typer
 from confluent_kafka import KafkaException
 
 from streamer.agent import CONNECT_TIMEOUT_S, DRAIN_TIMEOUT_S, Agent
+from streamer.bandit.controller import Controller
 from streamer.config import Topology, VariantSpec, load_topology
 from streamer.control import commands
 from streamer.errors import StreamerError
@@ -124,6 +125,24 @@ def validate(topology: TopologyArg) -> None:
     )
 
 
+def _stop_on_signals(stop: Callable[[], None]) -> None:
+    """The first SIGTERM/SIGINT asks `stop` to drain; a second one ends the process."""
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        logging.getLogger("streamer").info("%s: draining (send again to exit now)", name)
+        # The drain may sit in librdkafka (a hung broker) where Python handlers cannot run;
+        # the default action lets a second signal end the process at once. Offsets of
+        # unfinished batches stay uncommitted, so their events are simply served again.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    logging.getLogger("streamer").info("ready for signals; connecting to Kafka")
+
+
 @app.command()
 def run(
     topology: TopologyArg,
@@ -150,23 +169,33 @@ def run(
             drain_timeout_s=drain_timeout,
         )
 
-        def _stop(signum: int, _frame: FrameType | None) -> None:
-            name = signal.Signals(signum).name
-            logging.getLogger("streamer").info("%s: draining (send again to exit now)", name)
-            # The drain may sit in librdkafka (a hung broker) where Python handlers cannot run;
-            # the default action lets a second signal end the process at once. Offsets of
-            # unfinished batches stay uncommitted, so their events are simply served again.
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            agent.stop()
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
-        logging.getLogger("streamer").info("ready for signals; connecting to Kafka")
+        _stop_on_signals(agent.stop)
         stats = agent.run()
     typer.echo(
         f"stopped: {stats.consumed} consumed, {stats.served} served, "
         f"{stats.dead_letters} dead letters, {stats.batches} batches",
+        err=True,
+    )
+
+
+@app.command()
+def controller(
+    topology: TopologyArg,
+    log_level: Annotated[str, typer.Option(help="Python log level.")] = "info",
+    connect_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to wait for the cluster before exit 1.")
+    ] = CONNECT_TIMEOUT_S,
+) -> None:
+    """Run the bandit controller until SIGTERM/SIGINT; then checkpoint and exit 0."""
+    _setup_logging(log_level)
+    result = _validated(topology)
+    assert result.topology is not None
+    with _user_errors(topology):
+        service = Controller(result.topology, connect_timeout_s=connect_timeout)
+        _stop_on_signals(service.stop)
+        stats = service.run()
+    typer.echo(
+        f"stopped: {stats.records} records read, {stats.published} control records published",
         err=True,
     )
 

@@ -31,11 +31,41 @@ LATENCY_BUCKETS = (
 )
 
 
-class Metrics:
-    """One agent's metrics, in a registry of its own so several agents can share a process."""
+class Registry:
+    """A registry of its own (several agents or controllers can share a process), read back
+    by name for stats and tests."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value, summed over the labels not given (0 when absent)."""
+        total = 0.0
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    total += sample.value
+        return total
+
+    def by_label(self, name: str, label: str) -> dict[str, float]:
+        """A counter's values keyed by one label (e.g. dead letters by reason)."""
+        values: dict[str, float] = {}
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                if sample.name == name and label in sample.labels:
+                    key = sample.labels[label]
+                    values[key] = values.get(key, 0.0) + sample.value
+        return values
+
+
+class Metrics(Registry):
+    """One agent's metrics."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
         r = self.registry
         self.events_consumed = Counter(
             "streamer_events_consumed", "Input events consumed.", registry=r
@@ -123,27 +153,66 @@ class Metrics:
             registry=r,
         )
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
 
-    def value(self, name: str, **labels: str) -> float:
-        """A sample's current value, summed over the labels not given (0 when absent)."""
-        total = 0.0
-        for metric in self.registry.collect():
-            for sample in metric.samples:
-                if sample.name == name and labels.items() <= sample.labels.items():
-                    total += sample.value
-        return total
+class ControllerMetrics(Registry):
+    """The bandit controller's metrics (`streamer_controller_*`), on its own port."""
 
-    def by_label(self, name: str, label: str) -> dict[str, float]:
-        """A counter's values keyed by one label (e.g. dead letters by reason)."""
-        values: dict[str, float] = {}
-        for metric in self.registry.collect():
-            for sample in metric.samples:
-                if sample.name == name and label in sample.labels:
-                    key = sample.labels[label]
-                    values[key] = values.get(key, 0.0) + sample.value
-        return values
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        r = self.registry
+        self.rewards = Counter(
+            "streamer_controller_rewards",
+            "Rewards and decisions by variant and result: joined, defaulted, expired, unknown, "
+            "late, duplicate, evicted, invalid (variant is empty where none is known).",
+            ["variant", "result"],
+            registry=r,
+        )
+        self.records = Counter(
+            "streamer_controller_records",
+            "Lake and feedback records read (replayed ones after a restart included).",
+            ["topic"],
+            registry=r,
+        )
+        self.pulls = Gauge(
+            "streamer_controller_pulls",
+            "Rewarded decisions per variant in the evidence the weights come from (decayed), "
+            "merged over every partition.",
+            ["variant"],
+            registry=r,
+        )
+        self.mean_reward = Gauge(
+            "streamer_controller_mean_reward",
+            "Mean reward per variant in that evidence.",
+            ["variant"],
+            registry=r,
+        )
+        self.weight = Gauge(
+            "streamer_controller_weight",
+            "The weight the controller last chose (and published) per variant.",
+            ["variant"],
+            registry=r,
+        )
+        self.pending = Gauge(
+            "streamer_controller_pending_decisions",
+            "Decisions of this process's partitions waiting for a reward.",
+            registry=r,
+        )
+        self.lag = Gauge(
+            "streamer_controller_lag",
+            "Records behind the end of each assigned lake and feedback partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.control_records = Counter(
+            "streamer_controller_control_records",
+            "Control records this controller published.",
+            registry=r,
+        )
+        self.checkpoints = Counter(
+            "streamer_controller_checkpoints",
+            "Partition checkpoints written (learned state and input offsets).",
+            registry=r,
+        )
 
 
 def observe_many(histogram: Histogram, amounts: np.ndarray) -> None:
@@ -173,7 +242,7 @@ class MetricsServer:
     """Serves /metrics, /healthz (the loop is alive) and /readyz (JSON: ready, or why not)."""
 
     def __init__(
-        self, metrics: Metrics, port: int, healthy: Callable[[], bool], ready: Readiness
+        self, metrics: Registry, port: int, healthy: Callable[[], bool], ready: Readiness
     ) -> None:
         handler = _handler(metrics, healthy, ready)
         self._server = ThreadingHTTPServer(("0.0.0.0", port), handler)  # noqa: S104 - scraped from outside
@@ -196,7 +265,7 @@ class MetricsServer:
 
 
 def _handler(
-    metrics: Metrics, healthy: Callable[[], bool], ready: Readiness
+    metrics: Registry, healthy: Callable[[], bool], ready: Readiness
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

@@ -9,15 +9,20 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Generic, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from streamer.agent import Agent, AgentStats
 from streamer.assembly import coordinates
+from streamer.bandit.controller import Controller, ControllerStats
 from streamer.config import Topology
 from streamer.kafka.clients import produce as produce_one
 from streamer.kafka.clients import retrying
 from streamer.models import Model
+
+S = TypeVar("S")
+S_co = TypeVar("S_co", covariant=True)
 
 
 @dataclass(frozen=True)
@@ -106,23 +111,57 @@ def committed_offsets(bootstrap: str, group_id: str, topic: str, partitions: int
     return {tp.partition: tp.offset for tp in committed}
 
 
-class RunningAgent:
+class _Service(Protocol[S_co]):
+    def run(self) -> S_co: ...
+    def stop(self) -> None: ...
+
+
+class _Running(Generic[S]):
+    """Runs a service's `run()` in a background thread until `stop()`."""
+
+    def __init__(self, service: _Service[S], name: str) -> None:
+        self._service = service
+        self.stats: S | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.stats = self._service.run()
+        except BaseException as exc:  # surfaced to the test by stop()
+            self.error = exc
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> S:
+        self._service.stop()
+        self._thread.join(120)
+        if self.error is not None:
+            raise self.error
+        assert self.stats is not None, f"{self._thread.name} thread did not finish"
+        return self.stats
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._thread.is_alive():
+            self._service.stop()
+            self._thread.join(120)
+
+
+class RunningAgent(_Running[AgentStats]):
     """Runs an Agent in a background thread: `with RunningAgent(topology) as agent: ...`."""
 
     def __init__(self, topology: Topology, models: Mapping[str, Model] | None = None) -> None:
         self.agent = Agent(topology, models)
-        self.stats: AgentStats | None = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="agent", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.stats = self.agent.run()
-        except BaseException as exc:  # surfaced to the test by stop()
-            self.error = exc
+        super().__init__(self.agent, "agent")
 
     def __enter__(self) -> RunningAgent:
-        self._thread.start()
+        self.start()
         return self
 
     def wait_until(self, served_or_dead: int, timeout_s: float = 60.0) -> None:
@@ -140,23 +179,17 @@ class RunningAgent:
             f"{self.agent.stats.dead_letters} of {served_or_dead} events"
         )
 
-    def stop(self) -> AgentStats:
-        self.agent.stop()
-        self._thread.join(120)
-        if self.error is not None:
-            raise self.error
-        assert self.stats is not None, "agent thread did not finish"
-        return self.stats
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._thread.is_alive():
-            self.agent.stop()
-            self._thread.join(120)
+class RunningController(_Running[ControllerStats]):
+    """Runs a bandit Controller in a background thread, like `RunningAgent`."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.controller = Controller(topology)
+        super().__init__(self.controller, "controller")
+
+    def __enter__(self) -> RunningController:
+        self.start()
+        return self
 
 
 def unique(prefix: str) -> str:
