@@ -105,6 +105,10 @@ class Controller:
         self._checkpoints: dict[int, Checkpoint] = {}
         """Partition -> its latest checkpoint on the topic (any owner's)."""
         self._written: dict[int, tuple[int, int, float]] = {}
+        self._behind: dict[int, bool] = {}
+        """Partition -> whether its feedback partition has unread records (last lag check)."""
+        self._feedback_next: dict[int, int] = {}
+        """Partition -> the next feedback offset to read (< 0: the end, when assigned)."""
         self._person: ControlRecord | None = None
         self._published: ControlRecord | None = None
         self._partitions = 0
@@ -248,6 +252,7 @@ class Controller:
                 except orjson.JSONDecodeError:
                     raw = None
                 ledger.feedback(raw, t, offset)
+                self._feedback_next[msg.partition() or 0] = offset + 1
         for topic, n in counted.items():
             if n:
                 self.metrics.records.labels(topic).inc(n)
@@ -276,7 +281,9 @@ class Controller:
             checkpoint = self._checkpoints.get(p)
             self._ledgers[p] = Ledger(self.settings, checkpoint, self._counted)
             as_of = checkpoint.as_of if checkpoint is not None else now
-            starts[p] = as_of - self.settings.window_s  # one window back: pending decisions
+            # A reward waits up to a window for its decision, which waits a window for its
+            # reward: two windows back rebuild everything still open at the checkpoint.
+            starts[p] = as_of - 2 * self.settings.window_s
         wanted = [
             TopicPartition(tp.topic, tp.partition, int(starts[tp.partition] * 1000))
             for tp in partitions
@@ -299,6 +306,15 @@ class Controller:
             elif resume > 0:
                 at = min(at, resume)
             positioned.append(TopicPartition(tp.topic, tp.partition, at))
+        starting = {(tp.topic, tp.partition): tp.offset for tp in positioned}
+        for p in numbers:
+            self._ledgers[p].replay_from(
+                max(starting[(self.topology.lake.topic, p)], 0),
+                max(starting[(self.bandit.feedback_topic, p)], 0),
+            )
+        for tp in positioned:
+            if tp.topic == self.bandit.feedback_topic:
+                self._feedback_next[tp.partition] = tp.offset  # OFFSET_END (< 0): at the end
         consumer.assign(positioned)
         log.info("assigned partitions %s (publishing: %s)", numbers, 0 in numbers)
 
@@ -314,6 +330,8 @@ class Controller:
         for p in numbers:
             self._ledgers.pop(p, None)
             self._written.pop(p, None)
+            self._behind.pop(p, None)
+            self._feedback_next.pop(p, None)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _checkpoint(self, numbers: list[int], now: float, *, flush: bool = False) -> None:
@@ -324,7 +342,7 @@ class Controller:
             ledger = self._ledgers.get(p)
             if ledger is None:
                 continue
-            checkpoint = ledger.checkpoint(now)
+            checkpoint = ledger.checkpoint(self._time(p, now))
             pending += len(ledger.pending)
             mark = (
                 checkpoint.lake_offset,
@@ -390,10 +408,24 @@ class Controller:
         assigned = consumer.assignment()
         if not assigned:
             return
+        for tp in assigned:
+            if tp.topic == self.bandit.feedback_topic:
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
+                read_to = self._feedback_next.get(tp.partition, -1)
+                self._behind[tp.partition] = 0 <= read_to < high
         for tp in consumer.position(assigned):
             _, high = consumer.get_watermark_offsets(tp, cached=True)
             if high >= 0 and tp.offset >= 0:
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(high - tp.offset)
+
+    def _time(self, partition: int, now: float) -> float:
+        """The clock that closes a partition's windows: now, unless its rewards are still
+        being caught up (a backlog, a restart): then as far as they have been read, so no
+        window closes on a reward that is there but not read yet."""
+        ledger = self._ledgers[partition]
+        if self._behind.get(partition, False):
+            return min(now, max(ledger.feedback_time, ledger.restored_as_of))
+        return now
 
     # -- weights ---------------------------------------------------------------------------------
     def merged(self, now: float) -> tuple[dict[str, Evidence], float]:
@@ -403,7 +435,7 @@ class Controller:
         for p in range(self._partitions):
             ledger = self._ledgers.get(p)
             if ledger is not None:
-                ledger.expire(now)
+                ledger.expire(self._time(p, now))
                 evidence, tallies = ledger.evidence, ledger.counted
             elif p in self._checkpoints:
                 cp = self._checkpoints[p]

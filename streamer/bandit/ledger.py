@@ -5,7 +5,8 @@ reads them and asks it to close windows as time passes. What it counts becomes `
 for the policies, decayed as it ages.
 
 Recovery. A checkpoint holds the evidence and the input offsets it includes. After a
-restart the controller re-reads both topics from one reward window before the checkpoint;
+restart the controller re-reads both topics from two reward windows before the checkpoint
+(a reward may wait a window for its decision, which waits a window for its reward);
 records below the checkpoint offsets are *replayed*: they rebuild the pending decisions but
 a join is counted only when at least one side of it is new (a decision and a reward that
 were both read before the checkpoint were counted before it).
@@ -157,6 +158,11 @@ class Ledger:
         self.restored_as_of = cp.as_of
         """Checkpoint time: decisions read below lake_offset whose window closed by then
         were counted before it."""
+        self._lake_until, self._feedback_until = cp.lake_offset, cp.feedback_offset
+        self._lake_replayed = cp.lake_offset == 0
+        self._feedback_replayed = cp.feedback_offset == 0
+        self.feedback_time = 0.0
+        """The latest feedback timestamp read (how far the reward stream has been read)."""
         self.as_of = cp.as_of
         self.evidence = {name: cp.evidence.get(name, Evidence()) for name in settings.variants}
         self.counted = {name: list(cp.counted.get(name, [0.0, 0.0])) for name in settings.variants}
@@ -170,6 +176,7 @@ class Ledger:
         replayed = offset < self.lake_offset
         if not replayed:
             self.lake_offset = offset + 1
+        self._lake_replayed = self._lake_replayed or offset >= self._lake_until - 1
         index = self._index.get(variant)
         if index is None or event_id in self.pending or event_id in self.closed:
             return  # an unknown variant, or a repeat (at-least-once): counted once
@@ -180,10 +187,12 @@ class Ledger:
         if early is not None:
             reward, arrived, early_replayed = early
             self._close(event_id, index, arrived, rewarded=True)
+            counted = not (replayed and early_replayed)
             if arrived - t > self.settings.window_s:
-                self._count(variant, Result.LATE, None, counted=not (replayed and early_replayed))
+                self._close_window(variant, counted, at=t + self.settings.window_s)
+                self._count(variant, Result.LATE, None, counted=counted)
             else:
-                self._reward(variant, reward, arrived, counted=not (replayed and early_replayed))
+                self._reward(variant, reward, arrived, counted=counted)
             return
         self.pending[event_id] = _pack(index, propensity, t, replayed)
         self._pending_order.append(event_id)
@@ -193,6 +202,20 @@ class Ledger:
     def passed(self, offset: int) -> None:
         """A lake record at `offset` that is no decision (a shadow's, or unreadable)."""
         self.lake_offset = max(self.lake_offset, offset + 1)
+        self._lake_replayed = self._lake_replayed or offset >= self._lake_until - 1
+
+    def replay_from(self, lake_offset: int, feedback_offset: int) -> None:
+        """Where re-reading starts after a restart: nothing below the checkpoint offsets to
+        re-read means the replay of that topic is already done."""
+        self._lake_replayed = self._lake_replayed or lake_offset >= self._lake_until
+        self._feedback_replayed = self._feedback_replayed or feedback_offset >= self._feedback_until
+
+    @property
+    def replaying(self) -> bool:
+        """Still re-reading what the checkpoint already counted: until both topics are past
+        its offsets, no window closes after the checkpoint's time (a reward counted before
+        it may not have been re-read yet)."""
+        return not (self._lake_replayed and self._feedback_replayed)
 
     def feedback(self, raw: Any, t: float, offset: int) -> Result | None:
         """A feedback record's decoded value (at feedback `offset`, arrived at `t`); what
@@ -200,13 +223,19 @@ class Ledger:
         replayed = offset < self.feedback_offset
         if not replayed:
             self.feedback_offset = offset + 1
+        self._feedback_replayed = self._feedback_replayed or offset >= self._feedback_until - 1
+        self.feedback_time = max(self.feedback_time, t)
         parsed = self._parse(raw)
         if parsed is None:
             return self._count("", Result.INVALID, None, counted=not replayed)
         event_id, reward, echoed = parsed
         closed = self.closed.get(event_id)
         if closed is not None:
-            index, _, _, rewarded = _unpack(closed)
+            index, _, closed_at, rewarded = _unpack(closed)
+            if replayed and not rewarded and t <= closed_at:
+                # Re-read: it was rewarded in time before the checkpoint (and counted).
+                self.closed[event_id] = _pack(index, 0.0, t, True)
+                return Result.JOINED
             result = Result.DUPLICATE if rewarded else Result.LATE
             variant = self.settings.variants[index]
             return self._count(variant, result, None, counted=not replayed)
@@ -262,6 +291,9 @@ class Ledger:
     def expire(self, now: float) -> None:
         """Close every window that ran out by `now` (default reward or drop), give up on
         rewards that waited a window for their decision, forget ids closed a window ago."""
+        aged_to = now
+        if self.replaying:
+            now = min(now, self.restored_as_of)
         window = self.settings.window_s
         while self._pending_order:
             event_id = self._pending_order[0]
@@ -284,7 +316,7 @@ class Ledger:
                 break
             self._closed_order.popleft()
             self.closed.pop(event_id, None)
-        self._decay_to(now)
+        self._decay_to(aged_to)
 
     def _expire_waiting(self, before: float) -> None:
         while self._waiting_order:
@@ -297,7 +329,9 @@ class Ledger:
                 break
             self._waiting_order.popleft()
             del self.waiting[event_id]
-            self._count("", Result.UNKNOWN, None, counted=not early[2])
+            # Still waiting at the checkpoint: never counted before it.
+            counted = not early[2] or early[1] + self.settings.window_s > self.restored_as_of
+            self._count("", Result.UNKNOWN, None, counted=counted)
 
     def _evict(self) -> None:
         while len(self.pending) > self.settings.max_pending and self._pending_order:
