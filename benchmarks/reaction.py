@@ -6,14 +6,18 @@
 Starts its own broker and one controller (in-process) over two variants whose evidence is
 kept even, so that every burst of rewards moves the weights. Each trial writes 200 served
 decisions to the lake, waits until the controller has read them, then writes their rewards
-(all 1, for one variant, the two variants taking turns) and measures the time from the
-last reward's timestamp to the first control record whose evidence counts them.
+(all 1, for one variant, the two variants taking turns) at a random moment (0 to 1.5
+update intervals after the previous record), and measures the time from the last reward's
+timestamp to the first control record whose evidence counts them. A record waits for
+update_interval_s since the previous one, so the figure lies between the processing time
+and the interval plus the processing time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
 from collections.abc import Sequence
@@ -91,15 +95,17 @@ def run(trials: int, interval: float) -> dict[str, Any]:
                 assert time.monotonic() < deadline, "the controller never owned partition 0"
                 time.sleep(0.05)
             counted = 0
+            pause = random.Random(5)
             for trial in range(trials + 1):  # the first burst only warms up
                 variant = "ab"[trial % 2]
                 ids = [f"t{trial}-{i}" for i in range(BURST)]
                 for event_id in ids:
                     producer.produce(t.lake.topic, lake_value(event_id, variant), event_id.encode())
                 producer.flush(30)
+                time.sleep(pause.uniform(0.0, 1.5 * interval))  # rewards come at any moment
                 wait_read = time.monotonic() + 60
                 while controller.stats.records < 2 * BURST * trial + BURST:
-                    assert time.monotonic() < wait_read, "the controller did not read the lake"
+                    assert time.monotonic() < wait_read, f"trial {trial}: the lake was not read"
                     time.sleep(0.01)
                 stamps: list[int] = []
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import orjson
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from streamer.bandit.ledger import Checkpoint, Ledger, LedgerSettings, Result, evidence_at
 from streamer.bandit.policies import Evidence, weights
@@ -39,7 +39,13 @@ from streamer.config import Topology
 from streamer.control.record import ControlRecord, ControlRejected, parse
 from streamer.control.topic import TopicReader
 from streamer.errors import StreamerError
-from streamer.kafka.clients import make_consumer, make_producer, missing_topics, wait_for_cluster
+from streamer.kafka.clients import (
+    make_consumer,
+    make_producer,
+    missing_topics,
+    retrying,
+    wait_for_cluster,
+)
 from streamer.metrics import ControllerMetrics, MetricsServer
 
 log = logging.getLogger("streamer.controller")
@@ -52,6 +58,9 @@ SESSION_TIMEOUT_MS = 10_000
 """How soon the group notices a dead controller and moves its partitions (and, if it
 published, the publishing) to another one."""
 CONSUME_BATCH = 2000
+EVALUATE_S = 0.2
+"""How often new evidence is looked at; a record still waits for update_interval_s since
+the previous one."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,9 @@ class Controller:
         self._partitions = 0
         self._checkpointed_at = 0.0
         self._updated_at = 0.0
+        self._published_at = 0.0
+        self._evaluated: tuple[float, float] = (-1.0, 0.0)
+        """(rewards counted, when) at the last evaluation of the policy."""
         self._heartbeat = time.monotonic()
         self._stop = threading.Event()
         self._producer_: Producer | None = None
@@ -215,7 +227,7 @@ class Controller:
                     self._checkpointed_at = now
                     self._checkpoint(list(self._ledgers), now)
                     self._lag(consumer)
-                if now - self._updated_at >= bandit.update_interval_s:
+                if now - self._updated_at >= min(EVALUATE_S, bandit.update_interval_s):
                     self._updated_at = now
                     self._update(now)
             self._checkpoint(list(self._ledgers), self.clock(), flush=True)
@@ -301,8 +313,10 @@ class Controller:
                 else (ledger.feedback_offset)
             )
             at = found.get((tp.topic, tp.partition), -1)
-            if at < 0:  # nothing since then: start where the checkpoint ends, or at the end
-                at = resume if resume > 0 else OFFSET_END
+            if at < 0:
+                # Nothing since then: start where the checkpoint ends, else at today's end
+                # as a number (OFFSET_END would skip what is written before fetching starts).
+                at = resume if resume > 0 else self._end(consumer, tp)
             elif resume > 0:
                 at = min(at, resume)
             positioned.append(TopicPartition(tp.topic, tp.partition, at))
@@ -314,9 +328,16 @@ class Controller:
             )
         for tp in positioned:
             if tp.topic == self.bandit.feedback_topic:
-                self._feedback_next[tp.partition] = tp.offset  # OFFSET_END (< 0): at the end
+                self._feedback_next[tp.partition] = tp.offset
         consumer.assign(positioned)
         log.info("assigned partitions %s (publishing: %s)", numbers, 0 in numbers)
+
+    def _end(self, consumer: Consumer, tp: TopicPartition) -> int:
+        _, high = retrying(
+            lambda: consumer.get_watermark_offsets(tp, timeout=self._connect_timeout_s),
+            self._connect_timeout_s,
+        )
+        return int(high)
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted({p.partition for p in partitions} & set(self._ledgers))
@@ -449,12 +470,21 @@ class Controller:
         return total, counted
 
     def _update(self, now: float) -> None:
+        """Publish new weights when there is new evidence (or an interval passed: decay),
+        at most once per update_interval_s, as soon as the interval allows."""
         evidence, counted = self.merged(now)
         for name, e in evidence.items():
             self.metrics.pulls.labels(name).set(e.n)
             self.metrics.mean_reward.labels(name).set(e.mean)
+        interval = self.bandit.update_interval_s
         if not self.publishing or counted < self.bandit.min_rewards:
             return
+        if now - self._published_at < interval:
+            return
+        last_counted, last_at = self._evaluated
+        if counted == last_counted and now - last_at < interval:
+            return  # nothing new to learn from
+        self._evaluated = (counted, now)
         person = self._person
         disabled = list(person.disabled) if person is not None else []
         enabled = {n: e for n, e in evidence.items() if n not in disabled}
@@ -503,6 +533,7 @@ class Controller:
         )
         self._producer.produce(t.routing.control_topic, record.to_json(), t.name.encode())
         self._published = record
+        self._published_at = now
         self.metrics.control_records.inc()
         for name, w in shares.items():
             self.metrics.weight.labels(name).set(w)

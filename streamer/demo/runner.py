@@ -5,8 +5,15 @@ directories if missing, creates the topology's topics, streams synthetic transac
 garbage at a steady rate, serves them with an in-process agent and finally reads the output
 topic back to report exact end-to-end latency and the variant split with model versions.
 
+With a `bandit` section the demo closes the loop: an in-process bandit controller, and a
+feedback producer that knows each transaction's true label and rewards every served
+prediction (1 when right, 0 when wrong) a few seconds after it. The live view shows the
+weights moving toward the most accurate variant, the summary the final split and each
+variant's mean reward (its accuracy). The controller's learned state lives on its checkpoint
+topic, so the next run starts from the weights this one ended with.
+
 The agent follows the topology's control topic and watches its model directories, so the
-live view shows what `streamer control ... promote challenger` or a new
+live view shows what `streamer control ... disable champion` or a new
 `models/challenger/N/model.onnx` changes while the demo runs.
 """
 
@@ -17,7 +24,9 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +35,46 @@ from confluent_kafka import Consumer, TopicPartition
 from streamer.agent import Agent
 from streamer.codecs import make_decoder, make_encoder
 from streamer.config import Topology, load_topology
-from streamer.demo.data import generate_transactions
+from streamer.demo.data import generate_dataset
+from streamer.demo.feedback import REWARD_DELAY_S, Feedback
 from streamer.demo.train import ensure_models
 from streamer.errors import StreamerError
 from streamer.kafka.admin import create_topics
 from streamer.kafka.clients import make_consumer, make_producer, produce, retrying
 from streamer.kafka.local import LocalKafka, answers, start
+from streamer.metrics import ControllerMetrics
 from streamer.repository import scan, version_key
-from streamer.testing import RunningAgent
+from streamer.testing import RunningAgent, RunningController
 from streamer.validate import validate
 
 GARBAGE_SHARE = 0.01
 """Share of deliberately broken events, so the dead-letter path shows up in the summary."""
+SETTLE_TIMEOUT_S = 15.0
+"""After the last event is served, how long the demo waits at most for the last rewards to
+be sent and joined by the controller (then one update interval for its last weights)."""
+READY_TIMEOUT_S = 30.0
+"""How long the demo waits for the agent (and controller) to own their partitions before it
+sends the first event anyway."""
+SETTLE_MARGIN_S = 0.5
+"""Beyond the controller's update interval: for its last weights to reach the agent."""
+
+
+@dataclass(frozen=True)
+class BanditSummary:
+    """What the closed loop did (with a bandit section)."""
+
+    rewards_sent: int
+    rewards: dict[str, tuple[int, float]]
+    """Served variant -> (rewards sent for its predictions, their mean: its accuracy)."""
+    joined: int
+    """Rewards the controller joined to their decisions."""
+    updates: int
+    """Weights the controller published while the demo ran."""
+    weights: dict[str, float]
+    """The split in force at the end (a disabled variant is absent)."""
+    evidence: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Served variant -> (rewards, mean) in the controller's evidence at the end: this run's
+    and what it learned before (its checkpoints outlive a run)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +90,7 @@ class DemoSummary:
     versions: dict[str, dict[str, int]]
     """Served variant -> model version -> outputs read back (a version can change live)."""
     shadow_scored: int
+    bandit: BanditSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +104,8 @@ class VariantLive:
     """Outputs it served since the previous line."""
     version: str
     """The model version it serves."""
+    mean_reward: float | None = None
+    """Its mean reward in the controller's evidence; None before any (or without one)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +118,8 @@ class LiveLine:
     rate: float
     """Events served or dead-lettered per second since the previous line."""
     variants: list[VariantLive]
+    rewards: int | None = None
+    """Rewards the controller joined so far; None without a controller."""
 
 
 def run_demo(
@@ -107,18 +149,62 @@ def run_demo(
         echo(f"topic {t.topic}: {'created' if t.created else 'exists'} ({t.partitions} partitions)")
 
     start_offsets = _end_offsets(topology)
+    run = time.strftime("%H%M%S")
+    truth: dict[str, int] = {}  # event id -> true label: the feedback's ground truth
     errors: list[BaseException] = []
     producer = threading.Thread(
-        target=_produce_events, args=(topology, events, rate, errors), daemon=True
+        target=_produce_events,
+        args=(topology, events, rate),
+        kwargs={"run": run, "truth": truth, "errors": errors},
+        daemon=True,
     )
-    with RunningAgent(topology, validation.models) as running:
+    closed_loop = topology.bandit is not None and len(topology.served) >= 2
+    with ExitStack() as stack:
+        controller: RunningController | None = None
+        feedback: Feedback | None = None
+        if closed_loop:
+            controller = stack.enter_context(RunningController(topology))
+        running = stack.enter_context(RunningAgent(topology, validation.models))
+        if closed_loop:
+            feedback = Feedback(topology, truth, start_offsets, seed=int(run))
+            stack.callback(feedback.close)
+            echo(describe_loop(topology))
+        live = Live(running, controller, feedback)
+        live.wait_until_ready(READY_TIMEOUT_S)
         began = time.monotonic()
         producer.start()
-        _live_view(running, events, began, echo, errors)
+        if feedback is not None:
+            feedback.start()
+        _live_view(live, events, began, echo, errors)
+        # Stop in order: no more rewards, the controller checkpoints, then the agent.
+        bandit = None
+        if feedback is not None and controller is not None:
+            feedback.stop()
+            stats = controller.stop()
+            bandit = BanditSummary(
+                rewards_sent=feedback.sent.total,
+                rewards=feedback.sent.means(),
+                joined=stats.rewards.get("joined", 0),
+                updates=stats.published,
+                weights=dict(running.agent.variants.latest.router.weights),
+                evidence=_evidence(controller.controller.metrics),
+            )
         running.stop()
     if errors:
         raise StreamerError(f"demo failed: {errors[0]}")
-    return _summarise(topology, running.agent, events, start_offsets, time.monotonic() - began)
+    summary = _summarise(topology, running.agent, events, start_offsets, time.monotonic() - began)
+    return replace(summary, bandit=bandit)
+
+
+def describe_loop(topology: Topology) -> str:
+    """The line that says how the demo closes the loop."""
+    assert topology.bandit is not None
+    b = topology.bandit
+    low, high = REWARD_DELAY_S
+    return (
+        f"bandit: {b.policy} controller; each served prediction earns 1 when right, 0 when "
+        f"wrong, {low:g}-{high:g} s later on {b.feedback_topic}"
+    )
 
 
 def missing_models(topology: Topology) -> dict[Path, list[str]]:
@@ -136,21 +222,30 @@ def _is_local(bootstrap: str) -> bool:
     return host in ("localhost", "127.0.0.1") and "," not in bootstrap
 
 
-def _produce_events(topology: Topology, n: int, rate: float, errors: list[BaseException]) -> None:
-    """Stream `n` events at `rate` per second, GARBAGE_SHARE of them broken."""
+def _produce_events(
+    topology: Topology,
+    n: int,
+    rate: float,
+    *,
+    run: str,
+    truth: dict[str, int],
+    errors: list[BaseException],
+) -> None:
+    """Stream `n` events at `rate` per second, GARBAGE_SHARE of them broken; the true label
+    of each good one goes into `truth` (by id) before it is sent."""
     try:
         encoder = make_encoder(topology.input.format, topology.input.schema_)
         producer = make_producer(topology.kafka, {"linger.ms": 1})
-        run = time.strftime("%H%M%S")
         rng = random.Random(run)  # noqa: S311 - demo garbage, not security
         began = time.monotonic()
-        events = generate_transactions(n, seed=int(run), start_ms=int(time.time() * 1000))
-        for sent, event in enumerate(events):
+        events, labels = generate_dataset(n, seed=int(run), start_ms=int(time.time() * 1000))
+        for sent, (event, label) in enumerate(zip(events, labels.tolist(), strict=True)):
             event["id"] = f"{run}-{event['id']}"
             if rng.random() < GARBAGE_SHARE:
                 value = rng.randbytes(rng.randint(0, 12))
             else:
                 value = encoder.encode(event)
+                truth[str(event["id"])] = int(label)
             ahead = sent / rate - (time.monotonic() - began)
             if ahead > 0.001:
                 producer.poll(ahead)
@@ -161,19 +256,62 @@ def _produce_events(topology: Topology, n: int, rate: float, errors: list[BaseEx
         errors.append(exc)
 
 
+@dataclass(frozen=True)
+class Live:
+    """What the live view watches: the agent, and the controller and feedback if any."""
+
+    agent: RunningAgent
+    controller: RunningController | None = None
+    feedback: Feedback | None = None
+
+    def failed(self) -> bool:
+        return any(
+            part is not None and part.error is not None
+            for part in (self.agent, self.controller, self.feedback)
+        )
+
+    def ready(self) -> bool:
+        """The agent owns input partitions, the controller (if any) partition 0."""
+        controller = self.controller
+        return bool(self.agent.agent.assigned) and (
+            controller is None or controller.controller.publishing
+        )
+
+    def wait_until_ready(self, timeout_s: float) -> None:
+        """Until `ready` (so the first events are not served late), something failed or the
+        timeout passed."""
+        deadline = time.monotonic() + timeout_s
+        while not self.ready() and not self.failed() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def settled(self, served: int) -> bool:
+        """Every output read, its reward sent and joined by the controller."""
+        if self.feedback is None or self.controller is None:
+            return True
+        f = self.feedback
+        joined = _joined(self.controller.controller.metrics)
+        return f.read >= served and f.pending == 0 and joined >= f.sent.total
+
+
 def _live_view(
-    running: RunningAgent,
+    live: Live,
     events: int,
     began: float,
     echo: Callable[[str], None],
     errors: list[BaseException],
 ) -> None:
-    """A progress line a second until every event is served or something failed."""
-    agent = running.agent
+    """A progress line a second until every event is served and, when the loop is closed,
+    its reward joined and the controller's last weights in force, or until something failed."""
+    agent = live.agent.agent
+    metrics = live.controller.controller.metrics if live.controller is not None else None
+    interval = live.controller.controller.bandit.update_interval_s if live.controller else None
+    ending = Ending(events, interval)
     stats = agent.stats
     last_done, last_t, last_counts = 0, began, _served_counts(agent)
     deadline = began + max(events / 500.0, 120.0)
-    while time.monotonic() < deadline and not errors and running.error is None:
+    while not errors and not live.failed():
+        if ending.all_served_at is None and time.monotonic() >= deadline:
+            break
         time.sleep(1.0)
         stats = agent.stats  # a snapshot of the agent's metrics
         counts = _served_counts(agent)
@@ -184,18 +322,64 @@ def _live_view(
             served=stats.served,
             dead_letters=stats.dead_letters,
             rate=(done - last_done) / (now - last_t),
-            variants=_live_variants(agent, last_counts, counts),
+            variants=_live_variants(agent, last_counts, counts, metrics),
+            rewards=None if metrics is None else _joined(metrics),
         )
         echo(format_live_line(line))
         last_done, last_t, last_counts = done, now, counts
-        if done >= events:
+        if ending.over(now, done, partial(live.settled, stats.served)):
             return
-    if not errors and running.error is None:
+    if ending.all_served_at is None and not errors and not live.failed():
         errors.append(
             TimeoutError(
                 f"only {stats.served + stats.dead_letters} of {events} events were served in time"
             )
         )
+
+
+@dataclass
+class Ending:
+    """When the live view ends: once every event is served (or dead-lettered); with a
+    controller (`interval_s`, its update interval) once every reward is also sent and joined
+    (at most SETTLE_TIMEOUT_S later), and one update interval after that, so the summary
+    shows the weights that learned from every reward."""
+
+    events: int
+    interval_s: float | None
+    all_served_at: float | None = None
+    settled_at: float | None = None
+
+    def over(self, now: float, done: int, settled: Callable[[], bool]) -> bool:
+        """Whether to stop at `now`, with `done` events served or dead-lettered; `settled`
+        tells whether every reward is sent and joined."""
+        if done < self.events:
+            return False
+        if self.all_served_at is None:
+            self.all_served_at = now
+        if self.interval_s is None:
+            return True
+        if self.settled_at is None and (settled() or now - self.all_served_at >= SETTLE_TIMEOUT_S):
+            self.settled_at = now
+        return (
+            self.settled_at is not None
+            and now - self.settled_at >= self.interval_s + SETTLE_MARGIN_S
+        )
+
+
+def _joined(metrics: ControllerMetrics) -> int:
+    return int(metrics.value("streamer_controller_rewards_total", result="joined"))
+
+
+def _mean_rewards(metrics: ControllerMetrics) -> dict[str, float]:
+    """Served variant -> its mean reward in the controller's evidence (those with any)."""
+    return {name: mean for name, (_, mean) in _evidence(metrics).items()}
+
+
+def _evidence(metrics: ControllerMetrics) -> dict[str, tuple[float, float]]:
+    """Served variant -> (rewards, mean reward) in the controller's evidence (those with any)."""
+    pulls = metrics.by_label("streamer_controller_pulls", "variant")
+    means = metrics.by_label("streamer_controller_mean_reward", "variant")
+    return {name: (n, means.get(name, 0.0)) for name, n in pulls.items() if n > 0}
 
 
 def _served_counts(agent: Agent) -> dict[str, int]:
@@ -209,11 +393,15 @@ def _served_counts(agent: Agent) -> dict[str, int]:
 
 
 def _live_variants(
-    agent: Agent, before: Mapping[str, int], after: Mapping[str, int]
+    agent: Agent,
+    before: Mapping[str, int],
+    after: Mapping[str, int],
+    metrics: ControllerMetrics | None,
 ) -> list[VariantLive]:
     latest = agent.variants.latest  # what the next batch is served with
     versions = {name: model.version for name, model in latest.models.items()}
-    return live_variants(latest.router.weights, versions, before, after)
+    means = _mean_rewards(metrics) if metrics is not None else {}
+    return live_variants(latest.router.weights, versions, before, after, means)
 
 
 def live_variants(
@@ -221,15 +409,18 @@ def live_variants(
     versions: Mapping[str, str],
     before: Mapping[str, int],
     after: Mapping[str, int],
+    means: Mapping[str, float] | None = None,
 ) -> list[VariantLive]:
     """Each variant of `after` (served variant -> outputs so far) with its weight (absent:
-    disabled), model version and the outputs it served since the `before` counts."""
+    disabled), model version, the outputs it served since the `before` counts and its mean
+    reward (absent from `means`: none yet)."""
     return [
         VariantLive(
             name=name,
             weight=weights.get(name),
             served=count - before.get(name, 0),
             version=versions.get(name, "?"),
+            mean_reward=(means or {}).get(name),
         )
         for name, count in after.items()
     ]
@@ -238,17 +429,24 @@ def live_variants(
 def format_live_line(line: LiveLine) -> str:
     """`t=  3.0s served 14,512 dl 145  5,010 ev/s | champion w0.90 89% v fraud_v1 | ...`:
     per served variant its weight (`off` while disabled), its share of the outputs since the
-    previous line (`-` when there were none) and the model version it serves."""
+    previous line (`-` when there were none) and the model version it serves. With a
+    controller, the rewards it joined so far follow the rate (`rw 1,234`) and each variant's
+    mean reward its version (`r0.974`, `r-` before any)."""
     head = (
         f"t={line.elapsed:5.1f}s served {line.served:>6,} dl {line.dead_letters:>3,}"
         f" {line.rate:>6,.0f} ev/s"
     )
+    if line.rewards is not None:
+        head += f" rw {line.rewards:>6,}"
     total = sum(v.served for v in line.variants)
     parts = [head]
     for v in line.variants:
         weight = "off  " if v.weight is None else f"w{v.weight:.2f}"
         share = f"{v.served / total:>3.0%}" if total else "  -"
-        parts.append(f"{v.name} {weight} {share} v {v.version}")
+        part = f"{v.name} {weight} {share} v {v.version}"
+        if line.rewards is not None:
+            part += " r-" if v.mean_reward is None else f" r{v.mean_reward:.3f}"
+        parts.append(part)
     return " | ".join(parts)
 
 
@@ -342,8 +540,33 @@ def format_summary(s: DemoSummary) -> str:
             f"{s.seconds:.1f}s wall)",
             f"  latency (event -> prediction)  p50 {lat['p50']:.0f} ms  p95 {lat['p95']:.0f} ms  "
             f"p99 {lat['p99']:.0f} ms  max {lat['max']:.0f} ms",
+            *([] if s.bandit is None else format_bandit(s.bandit)),
         ]
     )
+
+
+def format_bandit(b: BanditSummary) -> list[str]:
+    """The summary's lines about the closed loop."""
+    means = (
+        ", ".join(f"{name} {mean:.4f} ({n})" for name, (n, mean) in sorted(b.rewards.items()))
+        or "none"
+    )
+    split = ", ".join(f"{name} {w:.2f}" for name, w in sorted(b.weights.items())) or "none"
+    updates = f"{b.updates} controller update{'' if b.updates == 1 else 's'}"
+    lines = [
+        f"  rewards sent     {b.rewards_sent}  (1 when the prediction was right; "
+        f"{b.joined} joined by the controller)",
+        f"  mean reward      {means}",
+    ]
+    this_run = {name: float(n) for name, (n, _) in b.rewards.items()}
+    if any(abs(n - this_run.get(name, 0.0)) >= 0.5 for name, (n, _) in b.evidence.items()):
+        # It resumed from what earlier runs taught it: that is what the split rests on.
+        learned = ", ".join(
+            f"{name} {mean:.4f} ({n:.0f})" for name, (n, mean) in sorted(b.evidence.items())
+        )
+        lines.append(f"  learned so far   {learned}  (the controller's evidence)")
+    lines.append(f"  final split      {split}  ({updates})")
+    return lines
 
 
 def format_versions(versions: Mapping[str, Mapping[str, int]]) -> str:

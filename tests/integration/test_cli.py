@@ -103,7 +103,8 @@ def test_run_fails_in_one_line_when_the_broker_is_unreachable(
 
 
 def test_demo_runs_end_to_end(kafka: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`streamer demo` on a copy of the repo's demo topology (own topics, no metrics port)."""
+    """`streamer demo` on a copy of the repo's demo topology (own topics, no metrics ports):
+    served, rewarded, and the controller's weights in force at the end."""
     shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
     (tmp_path / "topologies").mkdir()
     spec = yaml.safe_load((ROOT / "topologies" / "fraud.yaml").read_text())
@@ -111,8 +112,13 @@ def test_demo_runs_end_to_end(kafka: str, tmp_path: Path, monkeypatch: pytest.Mo
     for section in ("input", "output", "lake", "dead_letter"):
         spec[section]["topic"] = f"{spec[section]['topic']}-{suffix}"
     spec["routing"]["control_topic"] = f"{spec['routing']['control_topic']}-{suffix}"
+    for key in ("feedback_topic", "checkpoint_topic"):  # the checkpoints' default follows
+        if spec["bandit"].get(key):
+            spec["bandit"][key] = f"{spec['bandit'][key]}-{suffix}"
     spec["name"] = f"fraud-{suffix}"
     spec["metrics"] = {"port": None}
+    spec["bandit"]["metrics_port"] = None
+    assert spec["routing"]["strategy"] == "bandit"
     topology = tmp_path / "topologies" / "fraud.yaml"
     topology.write_text(yaml.safe_dump(spec))
     monkeypatch.setenv("STREAMER_BOOTSTRAP_SERVERS", kafka)
@@ -124,13 +130,19 @@ def test_demo_runs_end_to_end(kafka: str, tmp_path: Path, monkeypatch: pytest.Mo
     # The copy starts without models: trained, and the challenger's directory laid out.
     assert "creating demo models in" in out
     assert (tmp_path / "models" / "challenger" / "1" / "model.onnx").is_file()
-    # The live view: each served variant's weight, share of the last second and version.
+    assert f"0-3 s later on fraud-feedback-{suffix}" in out
+    # The live view: rewards joined; each served variant's weight, share of the last second,
+    # version and mean reward (none before its first reward).
     live = re.compile(
-        r"^t= *\d+\.\ds served +[\d,]+ dl +[\d,]+ +[\d,]+ ev/s"
-        r" \| champion w0\.90 +(\d+%|-) v fraud_v1 \| challenger w0\.10 +(\d+%|-) v 1$"
+        r"^t= *\d+\.\ds served +[\d,]+ dl +[\d,]+ +[\d,]+ ev/s rw +(?P<rw>[\d,]+)"
+        r" \| champion w(?P<w1>[01]\.\d\d) +(\d+%|-) v fraud_v1 r(-|0\.\d{3}|1\.000)"
+        r" \| challenger w(?P<w2>[01]\.\d\d) +(\d+%|-) v 1 r(-|0\.\d{3}|1\.000)$"
     )
     lines = out.splitlines()
-    assert any(live.match(line) for line in lines), out
+    matches = [m for m in map(live.match, lines) if m]
+    assert len(matches) == len([line for line in lines if line.startswith("t=")]), out
+    assert all(abs(float(m["w1"]) + float(m["w2"]) - 1) < 0.015 for m in matches), out
+    assert int(matches[-1]["rw"].replace(",", "")) > 0, out
     assert all(len(line) < 150 for line in lines if line.startswith("t=")), out
     assert "events in        3000" in out
     served = int(out.split("predictions out")[1].split()[0])
@@ -139,6 +151,23 @@ def test_demo_runs_end_to_end(kafka: str, tmp_path: Path, monkeypatch: pytest.Mo
     assert "champion" in out and "challenger" in out
     assert "model versions   challenger 1, champion fraud_v1" in out
     assert f"shadow scored    {served}" in out
+    # The closed loop: one reward per prediction, all joined; accuracy per variant; the split.
+    rewards = re.search(
+        r"rewards sent     (\d+)  \(1 when the prediction was right; (\d+) joined", out
+    )
+    assert rewards is not None, out
+    assert int(rewards[1]) == served and int(rewards[2]) == served, out
+    means = re.search(
+        r"mean reward      challenger (0\.\d{4}) \((\d+)\), champion (0\.\d{4}) \((\d+)\)", out
+    )
+    assert means is not None, out
+    assert int(means[2]) + int(means[4]) == served
+    assert all(0.9 < float(means[i]) < 1 for i in (1, 3)), out  # fraud is ~2.6% of events
+    split = re.search(
+        r"final split      challenger (\d\.\d\d), champion (\d\.\d\d)  \((\d+) controller", out
+    )
+    assert split is not None, out
+    assert abs(float(split[1]) + float(split[2]) - 1) < 0.015 and int(split[3]) >= 1, out
 
 
 def test_run_fails_in_one_line_on_an_invalid_librdkafka_setting(
