@@ -90,8 +90,8 @@ def _setup_logging(level: str) -> None:
 @app.command()
 def demo(
     topology: Annotated[Path, typer.Option(help="Demo topology.")] = Path("topologies/fraud.yaml"),
-    events: Annotated[int, typer.Option(min=1, help="Events to stream.")] = 30_000,
-    rate: Annotated[float, typer.Option(min=1.0, help="Events per second offered.")] = 5_000.0,
+    events: Annotated[int, typer.Option(min=1, help="Events to stream.")] = 60_000,
+    rate: Annotated[float, typer.Option(min=1.0, help="Events per second offered.")] = 3_000.0,
 ) -> None:
     """The main job: local Kafka, demo models, events, engine, a live view and a summary."""
     # Lazy: the demo needs the optional `demo` extra (scikit-learn, skl2onnx).

@@ -400,10 +400,13 @@ class Controller:
 
     def _on_checkpoint(self, key: str, value: bytes | None) -> None:
         prefix = f"{self.topology.name}/"
-        if not key.startswith(prefix) or value is None:
+        if not key.startswith(prefix):
             return
         try:
             partition = int(key[len(prefix) :])
+            if value is None:  # deleted: that partition starts afresh
+                self._checkpoints.pop(partition, None)
+                return
             self._checkpoints[partition] = Checkpoint.from_dict(orjson.loads(value))
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
             log.warning("unreadable checkpoint %s ignored", key)

@@ -86,7 +86,7 @@ def test_the_default_bootstrap_reaches_kafka_from_the_host() -> None:
     assert published in SERVICES["kafka"]["ports"]
 
 
-@pytest.mark.parametrize("service", ["topics", "engine"])
+@pytest.mark.parametrize("service", ["topics", "engine", "controller"])
 def test_containers_bootstrap_from_an_advertised_listener(service: str) -> None:
     bootstrap = SERVICES[service]["environment"][BOOTSTRAP_ENV]
     host, _, port = bootstrap.rpartition(":")
@@ -115,11 +115,21 @@ def test_the_image_entrypoint_is_the_streamer_cli() -> None:
     [
         pytest.param(SERVICES["topics"]["command"], id="topics"),
         pytest.param(SERVICES["engine"]["command"], id="engine"),
+        pytest.param(SERVICES["controller"]["command"], id="controller"),
         pytest.param(json.loads(IMAGE_CMD), id="Dockerfile CMD"),
     ],
 )
 def test_commands_run_the_image_copy_of_the_fraud_topology(argv: list[str]) -> None:
     assert _in_repo(PurePosixPath(_parse(argv)["topology"])) == FRAUD_PATH
+
+
+def test_the_controller_runs_and_exposes_its_metrics_port() -> None:
+    argv = SERVICES["controller"]["command"]
+    assert argv[0] == "controller" and "topology" in _parse(argv)
+    assert FRAUD.bandit is not None
+    assert SERVICES["controller"]["ports"] == [str(FRAUD.bandit.metrics_port)]
+    probe = " ".join(SERVICES["controller"]["healthcheck"]["test"])
+    assert f"localhost:{FRAUD.bandit.metrics_port}/healthz" in probe
 
 
 def test_the_engine_finds_its_models_and_input_schema_in_the_image() -> None:
