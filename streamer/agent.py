@@ -37,10 +37,11 @@ from streamer.assembly import (
 )
 from streamer.batching import MicroBatcher
 from streamer.codecs import make_decoder, make_encoder
-from streamer.commits import AtLeastOnce, Rescue
+from streamer.commits import AtLeastOnce, Committer, Rescue
 from streamer.config import Topology
 from streamer.control.live import LiveControl, RecentRows
 from streamer.errors import BatchFailed, DeliveryFailed, StreamerError
+from streamer.exactly_once import ExactlyOnce, transactional_id
 from streamer.inference import ShadowRunner
 from streamer.kafka.admin import PRODUCER_MAX_BYTES, record_limits
 from streamer.kafka.clients import (
@@ -90,7 +91,7 @@ class _ClientWatchdog:
     def __init__(
         self,
         topology: Topology,
-        committer: AtLeastOnce,
+        committer: Committer,
         consumer: Consumer,
         producer: Producer,
         clock: Callable[[], float] = time.monotonic,
@@ -164,11 +165,6 @@ class Agent:
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
     ) -> None:
         """`models` are the variants' loaded models (from `validate`); loaded here if None."""
-        if topology.guarantee == "exactly_once":
-            raise StreamerError(
-                f"{topology.source}: guarantee: exactly_once is not available in this version; "
-                "use at_least_once"
-            )
         if models is None:
             loaded = load_variant_models(topology)
             if loaded.errors:
@@ -265,24 +261,13 @@ class Agent:
         never delivers and its consumer never finds the group coordinator again.
         """
         t = self.topology
-        # A topic's max.message.bytes bounds whole record batches, and librdkafka cannot
-        # split a refused batch: never batch more than the smallest topic takes.
-        batch_bytes = min(dest.max_bytes.values(), default=PRODUCER_MAX_BYTES)
-        overrides = {"batch.size": batch_bytes} if batch_bytes < PRODUCER_MAX_BYTES else {}
-        producer = make_producer(t.kafka, overrides, self._kafka_error)
-        committer: AtLeastOnce | None = None
+        producer = make_producer(t.kafka, self._producer_settings(dest), self._kafka_error)
+        committer: Committer | None = None
         consumer = make_consumer(
             t.kafka, t.group_id, self._kafka_error, lambda e, p: self._on_commit(committer, e, p)
         )
         source = KafkaBatchSource(consumer)
-        committer = AtLeastOnce(
-            consumer,
-            producer,
-            t.batching.max_in_flight_batches,
-            self.metrics,
-            drain_timeout_s=self._drain_timeout_s,
-            source=source,
-        )
+        committer = self._committer(consumer, producer, source)
         consumer.subscribe(
             [t.input.topic],
             on_assign=lambda c, parts: self._on_assign(committer, c, parts),
@@ -326,9 +311,44 @@ class Agent:
             raise
         committer.close(self._drain_timeout_s)
 
-    def _serve(
-        self, messages: Sequence[Message], committer: AtLeastOnce, dest: Destinations
-    ) -> None:
+    def _producer_settings(self, dest: Destinations) -> dict[str, str | int]:
+        t = self.topology
+        settings: dict[str, str | int] = {}
+        # A topic's max.message.bytes bounds whole record batches, and librdkafka cannot
+        # split a refused batch: never batch more than the smallest topic takes.
+        batch_bytes = min(dest.max_bytes.values(), default=PRODUCER_MAX_BYTES)
+        if batch_bytes < PRODUCER_MAX_BYTES:
+            settings["batch.size"] = batch_bytes
+        if t.guarantee == "exactly_once":
+            settings["transactional.id"] = transactional_id(t.group_id)
+            settings["transaction.timeout.ms"] = t.exactly_once.transaction_timeout_ms
+        return settings
+
+    def _committer(
+        self, consumer: Consumer, producer: Producer, source: KafkaBatchSource
+    ) -> Committer:
+        """The delivery guarantee's owner of offsets and in-flight batches."""
+        t = self.topology
+        if t.guarantee == "exactly_once":
+            return ExactlyOnce(
+                consumer,
+                producer,
+                t.batching.max_in_flight_batches,
+                self.metrics,
+                commit_interval_s=t.exactly_once.commit_interval_ms / 1000.0,
+                drain_timeout_s=self._drain_timeout_s,
+                source=source,
+            )
+        return AtLeastOnce(
+            consumer,
+            producer,
+            t.batching.max_in_flight_batches,
+            self.metrics,
+            drain_timeout_s=self._drain_timeout_s,
+            source=source,
+        )
+
+    def _serve(self, messages: Sequence[Message], committer: Committer, dest: Destinations) -> None:
         """One batch: assemble what it produces, publish it into the committer."""
         fetched_at = time.time()
         n = len(messages)
@@ -432,27 +452,27 @@ class Agent:
         )
 
     # -- group membership ------------------------------------------------------------------
-    def _on_assign(self, committer: AtLeastOnce, c: Consumer, parts: list[TopicPartition]) -> None:
+    def _on_assign(self, committer: Committer, c: Consumer, parts: list[TopicPartition]) -> None:
         committer.on_assign(c, parts)
         self._assigned = set(committer.assigned)
         self._joined = True
 
-    def _on_revoke(self, committer: AtLeastOnce, c: Consumer, parts: list[TopicPartition]) -> None:
+    def _on_revoke(self, committer: Committer, c: Consumer, parts: list[TopicPartition]) -> None:
         committer.on_revoke(c, parts)
         self._forget(committer, parts)
 
-    def _on_lost(self, committer: AtLeastOnce, c: Consumer, parts: list[TopicPartition]) -> None:
+    def _on_lost(self, committer: Committer, c: Consumer, parts: list[TopicPartition]) -> None:
         committer.on_lost(c, parts)
         self._forget(committer, parts)
 
-    def _forget(self, committer: AtLeastOnce, parts: list[TopicPartition]) -> None:
+    def _forget(self, committer: Committer, parts: list[TopicPartition]) -> None:
         self._assigned = set(committer.assigned)
         for p in parts:
             with contextlib.suppress(KeyError):  # never measured
                 self.metrics.consumer_lag.remove(str(p.partition))
 
     def _on_commit(
-        self, committer: AtLeastOnce | None, err: KafkaError | None, parts: list[TopicPartition]
+        self, committer: Committer | None, err: KafkaError | None, parts: list[TopicPartition]
     ) -> None:
         if committer is not None:
             committer.on_commit(err, parts)

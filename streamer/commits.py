@@ -137,14 +137,37 @@ class Committer(Protocol):
         """Serve delivery reports and commit finished batches; DeliveryFailed on a loss."""
         ...
 
-    def wait_for_room(self, stopping: Callable[[], bool]) -> None:
-        """Return once another batch may begin, or as soon as `stopping()` is true."""
+    def wait_for_room(
+        self, stopping: Callable[[], bool], check: Callable[[], None] = lambda: None
+    ) -> None:
+        """Return once another batch may begin, or as soon as `stopping()` is true; `check`
+        runs every turn of a wait (it may raise to give up on the clients)."""
         ...
 
     def close(self, timeout_s: float) -> None:
         """Flush, commit everything finished, leave the group; DeliveryFailed if records
         stayed unacknowledged (their offsets stay uncommitted)."""
         ...
+
+    def discard(self) -> None:
+        """Drop clients that cannot reach the cluster without committing anything more."""
+        ...
+
+    @property
+    def in_flight(self) -> int:
+        """Batches begun and not yet committable."""
+        ...
+
+    assigned: set[Partition]
+    """The input partitions this member owns."""
+    progress_at: float
+    """When a batch last became committable (or partitions were assigned)."""
+
+    # confluent-kafka callbacks, run inside consume/poll
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None: ...
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None: ...
+    def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None: ...
+    def on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None: ...
 
 
 class AtLeastOnce:
@@ -192,14 +215,7 @@ class AtLeastOnce:
         return self._in_flight.open((coordinates(m) for m in messages), messages, on_done, rescue)
 
     def produce(self, batch: InFlightBatch, record: Outgoing) -> None:
-        try:
-            self._send(batch, record)
-        except KafkaException as exc:
-            # librdkafka refuses a record above message.max.bytes before sending it.
-            err = exc.args[0] if exc.args else None
-            if not isinstance(err, KafkaError) or err.code() != KafkaError.MSG_SIZE_TOO_LARGE:
-                raise
-            self._refused(batch, record, err.str())
+        produce_record(self.producer, batch, record)
 
     def abandon(self, batch: InFlightBatch) -> None:
         batch.abandoned = True
@@ -327,32 +343,6 @@ class AtLeastOnce:
         log.warning("offset commit failed (committed again shortly): %s", err.str())
 
     # -- internals -------------------------------------------------------------------------
-    def _send(self, batch: InFlightBatch, record: Outgoing) -> None:
-        def delivered(err: KafkaError | None, msg: Message) -> None:
-            if err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                self._refused(batch, record, err.str())
-                batch.outstanding -= 1
-                return
-            batch.on_delivery(err, msg)
-
-        produce(
-            self.producer,
-            record.topic,
-            record.value,
-            record.key,
-            headers=record.headers,
-            on_delivery=delivered,
-        )
-        batch.sent()
-
-    def _refused(self, batch: InFlightBatch, record: Outgoing, why: str) -> None:
-        if record.kind is Kind.DEAD_LETTER or batch.rescue is None:
-            batch.failures.append(f"{record.topic}: {why}")
-            return
-        instead = batch.rescue(record, batch.messages[record.source], why)
-        if instead is not None:
-            self._send(batch, instead)
-
     def _commit(self, *, asynchronous: bool) -> None:
         """Commit every fully acknowledged batch; then fail loudly if a delivery failed.
 
@@ -397,3 +387,45 @@ class AtLeastOnce:
             self._confirmed.pop((p.topic, p.partition), None)
         if self.source is not None:
             self.source.forget(partitions)
+
+
+def produce_record(producer: Producer, batch: InFlightBatch, record: Outgoing) -> None:
+    """Send one record of `batch`, tracking its acknowledgement. A record refused for its
+    size (by librdkafka before sending, or by the broker) goes to the batch's rescue: an
+    output becomes a dead letter, a lake entry is dropped."""
+    try:
+        _send(producer, batch, record)
+    except KafkaException as exc:
+        # librdkafka refuses a record above message.max.bytes before sending it.
+        err = exc.args[0] if exc.args else None
+        if not isinstance(err, KafkaError) or err.code() != KafkaError.MSG_SIZE_TOO_LARGE:
+            raise
+        _refused(producer, batch, record, err.str())
+
+
+def _send(producer: Producer, batch: InFlightBatch, record: Outgoing) -> None:
+    def delivered(err: KafkaError | None, msg: Message) -> None:
+        if err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            _refused(producer, batch, record, err.str())
+            batch.outstanding -= 1
+            return
+        batch.on_delivery(err, msg)
+
+    produce(
+        producer,
+        record.topic,
+        record.value,
+        record.key,
+        headers=record.headers,
+        on_delivery=delivered,
+    )
+    batch.sent()
+
+
+def _refused(producer: Producer, batch: InFlightBatch, record: Outgoing, why: str) -> None:
+    if record.kind is Kind.DEAD_LETTER or batch.rescue is None:
+        batch.failures.append(f"{record.topic}: {why}")
+        return
+    instead = batch.rescue(record, batch.messages[record.source], why)
+    if instead is not None:
+        _send(producer, batch, instead)

@@ -254,6 +254,28 @@ class ModelsSpec(_Model):
     """How often model directories are checked for new versions."""
 
 
+class ExactlyOnceSpec(_Model):
+    """`guarantee: exactly_once`: how batches are grouped into Kafka transactions."""
+
+    commit_interval_ms: int = Field(default=100, ge=0, le=60_000)
+    """How long one transaction stays open, collecting batches (0: one per batch). Longer
+    trades latency (outputs are visible to read_committed consumers only once committed)
+    for throughput (fewer commits)."""
+    transaction_timeout_ms: int = Field(default=10_000, ge=1_000, le=900_000)
+    """The broker aborts a transaction left open this long (a crashed agent's): until then
+    read_committed consumers wait at its first record. Set STREAMER_INSTANCE_ID to a stable
+    name per replica and a restart aborts its predecessor's open transaction at once."""
+
+    @model_validator(mode="after")
+    def _commits_before_timeout(self) -> ExactlyOnceSpec:
+        if self.commit_interval_ms * 2 > self.transaction_timeout_ms:
+            raise ValueError(
+                "commit_interval_ms must be at most half of transaction_timeout_ms "
+                "(the broker would abort transactions that stay open longer)"
+            )
+        return self
+
+
 class MetricsSpec(_Model):
     port: int | None = Field(default=9100, ge=0, le=65535)
     """Port of /metrics, /healthz and /readyz; null disables the server, 0 picks a free one."""
@@ -285,6 +307,7 @@ class Topology(_Model):
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
     bandit: BanditSpec | None = None
     guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    exactly_once: ExactlyOnceSpec = Field(default_factory=ExactlyOnceSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     topics: TopicsSpec = Field(default_factory=TopicsSpec)
     source: Path | None = Field(default=None, exclude=True)

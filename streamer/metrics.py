@@ -146,6 +146,13 @@ class Metrics(Registry):
             ["variant", "result"],
             registry=r,
         )
+        self.transactions = Counter(
+            "streamer_transactions",
+            "Kafka transactions of guarantee exactly_once: committed, or aborted (their "
+            "events are served again).",
+            ["result"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "streamer_model_info",
             "The model a variant serves (value is always 1).",

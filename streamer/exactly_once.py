@@ -1,0 +1,239 @@
+"""Exactly-once: Kafka transactions carry a batch's outputs, lake records, dead letters and
+its input offsets together (KIP-447: the offsets go with the consumer's group metadata, so
+a member that lost its partitions in a rebalance is fenced instead of writing twice).
+
+One transaction collects batches for `exactly_once.commit_interval_ms` (or until
+`max_in_flight_batches` are in it), then commits. Anything that fails inside it aborts it:
+nothing it wrote becomes visible to read_committed consumers, and the consumer is rewound to
+where the transaction began, so the same events are served again in the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from streamer.assembly import InputMessage, Outgoing, coordinates
+from streamer.commits import InFlightBatch, Partition, Rescue, produce_record
+from streamer.errors import DeliveryFailed, StreamerError
+from streamer.kafka.clients import KafkaBatchSource
+from streamer.metrics import Metrics
+
+log = logging.getLogger("streamer.exactly_once")
+
+INSTANCE_ENV = "STREAMER_INSTANCE_ID"
+"""A stable name for this agent replica (a StatefulSet pod name): its transactional id, so a
+restart aborts the transaction its predecessor left open at once."""
+MAX_ABORTS = 5
+"""Aborted transactions in a row (no commit between them) before the agent gives up."""
+
+
+def transactional_id(group_id: str) -> str:
+    """`<group>.<instance>`: the instance from STREAMER_INSTANCE_ID, else host and pid."""
+    instance = os.environ.get(INSTANCE_ENV) or f"{socket.gethostname()}-{os.getpid()}"
+    return f"{group_id}.{instance}"
+
+
+class ExactlyOnce:
+    """The `Committer` of `guarantee: exactly_once` (see the module docstring)."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        producer: Producer,
+        max_in_flight: int,
+        metrics: Metrics,
+        *,
+        commit_interval_s: float,
+        drain_timeout_s: float,
+        source: KafkaBatchSource | None = None,
+    ) -> None:
+        """`producer` is transactional (`transactional.id` set) and not yet initialised."""
+        self.consumer = consumer
+        self.producer = producer
+        self.source = source
+        self.max_in_flight = max_in_flight
+        self.metrics = metrics
+        self.commit_interval_s = commit_interval_s
+        self.drain_timeout_s = drain_timeout_s
+        self.assigned: set[Partition] = set()
+        self.progress_at = time.monotonic()
+        self._batches: list[InFlightBatch] = []
+        self._began: dict[Partition, int] = {}
+        """Per input partition, its first offset in the open transaction (where to rewind)."""
+        self._open_since: float | None = None
+        self._aborts = 0
+        self._initialised = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._batches)
+
+    def _init(self) -> None:
+        if not self._initialised:
+            # Fences any earlier producer with this transactional id and aborts what it left.
+            self.producer.init_transactions(self.drain_timeout_s)
+            self._initialised = True
+
+    # -- the batch loop -------------------------------------------------------------------
+    def begin(
+        self, messages: Sequence[InputMessage], on_done: Callable[[], None], rescue: Rescue
+    ) -> InFlightBatch:
+        self._init()
+        if self._open_since is None:
+            self.producer.begin_transaction()
+            self._open_since = time.monotonic()
+        offsets: dict[Partition, int] = {}
+        for topic, partition, offset in (coordinates(m) for m in messages):
+            tp = (topic, partition)
+            self._began.setdefault(tp, offset)
+            offsets[tp] = max(offsets.get(tp, 0), offset + 1)
+        batch = InFlightBatch(offsets, messages, on_done, rescue)
+        self._batches.append(batch)
+        return batch
+
+    def produce(self, batch: InFlightBatch, record: Outgoing) -> None:
+        produce_record(self.producer, batch, record)
+
+    def abandon(self, batch: InFlightBatch) -> None:
+        batch.abandoned = True
+        self._abort("serving a batch raised")
+
+    def poll(self) -> None:
+        self.producer.poll(0)
+        if self._open_since is not None and (
+            time.monotonic() - self._open_since >= self.commit_interval_s
+        ):
+            self._commit()
+
+    def wait_for_room(
+        self, stopping: Callable[[], bool], check: Callable[[], None] = lambda: None
+    ) -> None:
+        """A transaction holds at most `max_in_flight` batches: commit it when full."""
+        if len(self._batches) >= self.max_in_flight and not stopping():
+            self._commit()
+        check()
+
+    def discard(self) -> None:
+        """The clients lost the cluster: whatever the open transaction holds is aborted by
+        the broker when it times out; the next clients start at the committed offsets."""
+        self.producer.purge()
+        self._reset()
+        self.assigned = set()
+
+    def close(self, timeout_s: float) -> None:
+        try:
+            if self._open_since is not None:
+                self._commit(timeout_s)
+        finally:
+            self.consumer.close()
+
+    # -- rebalances ---------------------------------------------------------------------------
+    def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned |= {(p.topic, p.partition) for p in partitions}
+        self.progress_at = time.monotonic()
+        log.info("assigned %s", sorted(p.partition for p in partitions))
+
+    def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Hand over with everything served committed (the next owner starts after it).
+        if self._open_since is not None:
+            self._commit(self.drain_timeout_s)
+        self._forget(partitions)
+
+    def on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Another member may own them already: what the open transaction holds must not
+        # commit (the broker would fence the offsets anyway).
+        if self._open_since is not None:
+            self._abort("partitions lost", rewind=False)
+        self._forget(partitions)
+
+    def on_commit(self, _err: KafkaError | None, _partitions: list[TopicPartition]) -> None:
+        """Offsets commit inside transactions; the consumer never commits on its own."""
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self.assigned.discard((p.topic, p.partition))
+        if self.source is not None:
+            self.source.forget(partitions)
+
+    # -- transactions ---------------------------------------------------------------------------
+    def _commit(self, timeout_s: float | None = None) -> None:
+        """Commit the open transaction with the input offsets of its batches; abort it
+        (and rewind) if the transaction cannot commit; raise if the producer was fenced."""
+        timeout = timeout_s if timeout_s is not None else self.drain_timeout_s
+        offsets: dict[Partition, int] = {}
+        for batch in self._batches:
+            offsets.update(batch.next_offsets)
+        owned = [
+            TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self.assigned
+        ]
+        try:
+            if owned:
+                self.producer.send_offsets_to_transaction(
+                    owned, self.consumer.consumer_group_metadata(), timeout
+                )
+            self.producer.commit_transaction(timeout)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.txn_requires_abort():
+                self._abort(err.str())
+                return
+            if isinstance(err, KafkaError) and err.fatal():
+                raise StreamerError(
+                    f"exactly-once: the transactional producer is fenced or failed fatally "
+                    f"({err.str()}); another agent took over its partitions"
+                ) from None
+            raise DeliveryFailed(
+                f"exactly-once: committing the transaction failed ({exc}); it is not "
+                "visible to read_committed consumers and its events will be served again"
+            ) from None
+        failures = [f for b in self._batches for f in b.failures]
+        done = list(self._batches)
+        self._reset()
+        self._aborts = 0
+        self.progress_at = time.monotonic()
+        if failures:  # cannot happen after a successful commit; never swallow it
+            raise DeliveryFailed(f"{len(failures)} record(s) failed in a committed transaction")
+        for batch in done:
+            if batch.on_done is not None:
+                batch.on_done()
+        self.metrics.transactions.labels("committed").inc()
+
+    def _abort(self, why: str, *, rewind: bool = True) -> None:
+        began = dict(self._began)
+        try:
+            self.producer.abort_transaction(self.drain_timeout_s)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.fatal():
+                raise StreamerError(f"exactly-once: cannot abort: {err.str()}") from None
+            raise
+        finally:
+            self._reset()
+        self.metrics.transactions.labels("aborted").inc()
+        self._aborts += 1
+        log.warning("transaction aborted (%s); its events are served again", why)
+        if rewind:
+            self._rewind(began)
+        if self._aborts >= MAX_ABORTS:
+            raise DeliveryFailed(
+                f"exactly-once: {self._aborts} transactions aborted in a row (last: {why})"
+            )
+
+    def _rewind(self, began: dict[Partition, int]) -> None:
+        """Back to where the aborted transaction began, so its events are served again."""
+        owned = [TopicPartition(t, p, o) for (t, p), o in began.items() if (t, p) in self.assigned]
+        if self.source is not None:
+            self.source.forget(owned)  # nothing held back for them may be served first
+        for tp in owned:
+            self.consumer.seek(tp)
+
+    def _reset(self) -> None:
+        self._batches = []
+        self._began = {}
+        self._open_since = None
