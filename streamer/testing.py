@@ -3,10 +3,11 @@ own topologies, streamer's tests and the demo."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Generic, Protocol, TypeVar
@@ -62,10 +63,15 @@ def produce(
 
 
 def consume(
-    bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0, idle_s: float = 1.0
+    bootstrap: str,
+    topic: str | Sequence[str],
+    expected: int,
+    timeout_s: float = 60.0,
+    idle_s: float = 1.0,
 ) -> list[Record]:
-    """Read `topic` from the start until `expected` records arrived (then `idle_s` more, to
-    catch extras) or the timeout passed. Uses a fresh group and read_committed."""
+    """Read `topic` (or several) from the start until `expected` records arrived (then
+    `idle_s` more, to catch extras) or the timeout passed. Uses a fresh group and
+    read_committed."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -75,7 +81,7 @@ def consume(
             "isolation.level": "read_committed",
         }
     )
-    consumer.subscribe([topic])
+    consumer.subscribe([topic] if isinstance(topic, str) else list(topic))
     records: list[Record] = []
     deadline = time.monotonic() + timeout_s
     settled_at: float | None = None
@@ -109,6 +115,20 @@ def committed_offsets(bootstrap: str, group_id: str, topic: str, partitions: int
     finally:
         consumer.close()
     return {tp.partition: tp.offset for tp in committed}
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    """The high watermark of each partition of `topic`."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "streamer-test-ends"})
+
+    def high(partition: int) -> int:
+        _, end = consumer.get_watermark_offsets(TopicPartition(topic, partition), 10)
+        return int(end)
+
+    try:
+        return {p: retrying(functools.partial(high, p), 30.0) for p in range(partitions)}
+    finally:
+        consumer.close()
 
 
 class _Service(Protocol[S_co]):
