@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -51,7 +50,7 @@ from streamer.demo.train import ensure_models
 from streamer.kafka.admin import ADMIN_TIMEOUT_S, create_topics
 from streamer.kafka.clients import KafkaBatchSource, make_consumer, make_producer, retrying
 from streamer.kafka.clients import produce as produce_one
-from streamer.kafka.local import KAFKA_VERSION, LocalKafka, start, stop
+from streamer.kafka.local import KAFKA_VERSION, LocalKafka, free_port_pair, start, stop
 from streamer.testing import RunningAgent, committed_offsets, consume, produce, unique
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,15 +74,8 @@ class BenchmarkError(RuntimeError):
 @contextlib.contextmanager
 def local_broker() -> Iterator[str]:
     """A broker of our own on a free port pair (broker, controller); deleted afterwards."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        with socket.socket() as sock:
-            if port < 65535 and sock.connect_ex(("127.0.0.1", port + 1)) != 0:
-                break
     data_dir = Path(tempfile.mkdtemp(prefix="bench-kafka-"))
-    broker = LocalKafka(port=port, data_dir=data_dir)
+    broker = LocalKafka(port=free_port_pair(), data_dir=data_dir)
     try:
         start(broker)
         yield broker.bootstrap

@@ -11,6 +11,7 @@ where the transaction began, so the same events are served again in the next one
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -29,8 +30,13 @@ log = logging.getLogger("streamer.exactly_once")
 INSTANCE_ENV = "STREAMER_INSTANCE_ID"
 """A stable name for this agent replica (a StatefulSet pod name): its transactional id, so a
 restart aborts the transaction its predecessor left open at once."""
-MAX_ABORTS = 5
-"""Aborted transactions in a row (no commit between them) before the agent gives up."""
+MAX_ABORTS = 10
+ATTEMPT_S = 5.0
+"""Longest single attempt of a transaction call before the consumer is served again."""
+"""Aborted transactions in a row (no commit between them) before the agent gives up; the
+waits between them (1, 2, 4, ... 30 s) outlast a broker restart."""
+ABORT_WAIT_S = 60.0
+"""How long aborting may wait for the transaction coordinator."""
 
 
 def transactional_id(group_id: str) -> str:
@@ -69,6 +75,8 @@ class ExactlyOnce:
         self._open_since: float | None = None
         self._aborts = 0
         self._initialised = False
+        self._stopping: Callable[[], bool] = lambda: False
+        self._check: Callable[[], None] = lambda: None
 
     @property
     def in_flight(self) -> int:
@@ -114,7 +122,9 @@ class ExactlyOnce:
     def wait_for_room(
         self, stopping: Callable[[], bool], check: Callable[[], None] = lambda: None
     ) -> None:
-        """A transaction holds at most `max_in_flight` batches: commit it when full."""
+        """A transaction holds at most `max_in_flight` batches: commit it when full.
+        `stopping` and `check` also serve the waits of later commits (see `_retrying`)."""
+        self._stopping, self._check = stopping, check
         if len(self._batches) >= self.max_in_flight and not stopping():
             self._commit()
         check()
@@ -164,20 +174,27 @@ class ExactlyOnce:
     # -- transactions ---------------------------------------------------------------------------
     def _commit(self, timeout_s: float | None = None) -> None:
         """Commit the open transaction with the input offsets of its batches; abort it
-        (and rewind) if the transaction cannot commit; raise if the producer was fenced."""
-        timeout = timeout_s if timeout_s is not None else self.drain_timeout_s
+        (and rewind) if the transaction cannot commit; raise if the producer was fenced.
+
+        A transient failure (the coordinator away, a broker restarting) is retried while
+        the consumer is served, paused, so the group session survives the wait: without a
+        limit in the batch loop, within `timeout_s` when stopping or handing over."""
         offsets: dict[Partition, int] = {}
         for batch in self._batches:
             offsets.update(batch.next_offsets)
         owned = [
             TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self.assigned
         ]
+        deadline = time.monotonic() + timeout_s if timeout_s is not None else math.inf
         try:
             if owned:
-                self.producer.send_offsets_to_transaction(
-                    owned, self.consumer.consumer_group_metadata(), timeout
+                self._retrying(
+                    lambda t: self.producer.send_offsets_to_transaction(
+                        owned, self.consumer.consumer_group_metadata(), t
+                    ),
+                    deadline,
                 )
-            self.producer.commit_transaction(timeout)
+            self._retrying(self.producer.commit_transaction, deadline)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             if isinstance(err, KafkaError) and err.txn_requires_abort():
@@ -204,15 +221,46 @@ class ExactlyOnce:
                 batch.on_done()
         self.metrics.transactions.labels("committed").inc()
 
+    def _retrying(self, call: Callable[[float], object], deadline: float) -> None:
+        """`call(timeout)` until it succeeds, raises a non-retriable error, or `deadline`
+        passes (once the agent is stopping: the drain timeout from then on)."""
+        paused = False
+        try:
+            while True:
+                try:
+                    call(min(ATTEMPT_S, max(deadline - time.monotonic(), 0.1)))
+                    return
+                except KafkaException as exc:
+                    err = exc.args[0] if exc.args else None
+                    if not isinstance(err, KafkaError) or not err.retriable():
+                        raise
+                    if self._stopping() and math.isinf(deadline):
+                        deadline = time.monotonic() + self.drain_timeout_s
+                    if time.monotonic() >= deadline:
+                        raise
+                    log.warning("transaction waits for the cluster: %s", err.str())
+                if self.source is not None:
+                    if not paused:
+                        self.source.pause()
+                        paused = True
+                    self.source.serve()
+                self._check()
+        finally:
+            if paused and self.source is not None:
+                self.source.resume()
+
     def _abort(self, why: str, *, rewind: bool = True) -> None:
+        """Abort the open transaction (nothing of it becomes visible) and go back to where
+        it began. Aborts in a row back off (a cluster that is away makes every transaction
+        fail) and, after MAX_ABORTS, give up."""
         began = dict(self._began)
         try:
-            self.producer.abort_transaction(self.drain_timeout_s)
+            self._retrying(self.producer.abort_transaction, time.monotonic() + ABORT_WAIT_S)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
-            if isinstance(err, KafkaError) and err.fatal():
-                raise StreamerError(f"exactly-once: cannot abort: {err.str()}") from None
-            raise
+            raise StreamerError(
+                f"exactly-once: cannot abort the transaction: {err.str() if err else exc}"
+            ) from None
         finally:
             self._reset()
         self.metrics.transactions.labels("aborted").inc()
@@ -224,6 +272,21 @@ class ExactlyOnce:
             raise DeliveryFailed(
                 f"exactly-once: {self._aborts} transactions aborted in a row (last: {why})"
             )
+        self._back_off(min(2.0 ** (self._aborts - 1), 30.0) if self._aborts > 1 else 0.0)
+
+    def _back_off(self, seconds: float) -> None:
+        """Wait before the next transaction, serving the consumer (paused) meanwhile."""
+        if seconds <= 0 or self.source is None:
+            return
+        until = time.monotonic() + seconds
+        self.source.pause()
+        try:
+            while time.monotonic() < until and not self._stopping():
+                self.source.serve()
+                self._check()
+                time.sleep(0.05)
+        finally:
+            self.source.resume()
 
     def _rewind(self, began: dict[Partition, int]) -> None:
         """Back to where the aborted transaction began, so its events are served again."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,24 +13,11 @@ import yaml
 from streamer.codecs.avro import AvroEncoder
 from streamer.config import Topology, load_topology
 from streamer.kafka.admin import create_topics
-from streamer.kafka.local import LocalKafka, start, stop
+from streamer.kafka.local import LocalKafka, free_port_pair, start, stop
 from streamer.testing import unique
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "schemas"
-
-
-def _free_port_pair() -> int:
-    """A port p with p and p+1 (the controller) both free, so tests never collide with a
-    developer's broker or a stale one."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port + 1)) != 0 and port < 65535:
-                return port
-    raise RuntimeError("no free port pair for the test broker")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -59,7 +45,7 @@ def keyed_transactions(events: Sequence[Mapping[str, Any]]) -> KafkaItems:
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """A real single-node broker started for this test session by `streamer kafka`'s code."""
-    port = int(os.environ.get("STREAMER_TEST_KAFKA_PORT", "0")) or _free_port_pair()
+    port = int(os.environ.get("STREAMER_TEST_KAFKA_PORT", "0")) or free_port_pair()
     broker = LocalKafka(port=port, data_dir=tmp_path_factory.mktemp("kafka"))
     start(broker)
     try:

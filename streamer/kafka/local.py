@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import socket
@@ -298,6 +299,27 @@ def _port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def free_port_pair() -> int:
+    """A port p with p and p+1 (the controller) both free, for a throwaway broker (tests,
+    benchmarks). Taken below Linux's ephemeral range (32768-60999), so a client connection
+    handed p+1 by the kernel meanwhile cannot steal it before the broker binds it."""
+    rng = random.Random()  # noqa: S311 - spreading test ports, not security
+    for _ in range(200):
+        port = rng.randrange(20_000, 32_000)
+        if all(_bindable(p) for p in (port, port + 1)):
+            return port
+    raise LocalKafkaError("no free port pair for a local broker in 20000-32000")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def answers(bootstrap: str, timeout_s: float) -> bool:

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +37,9 @@ import yaml
 from streamer.config import Topology, load_topology
 from streamer.demo.data import generate_transactions
 from streamer.kafka.admin import create_topics
-from streamer.kafka.local import LocalKafka, running_pid, start, stop
+from streamer.kafka.local import LocalKafka, free_port_pair, running_pid, start, stop
 from streamer.testing import committed_offsets, consume, produce, unique
-from tests.conftest import SCHEMAS, _free_port_pair, keyed_transactions
+from tests.conftest import SCHEMAS, keyed_transactions
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ SETTLE_S = 120.0
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """A broker for this module alone: the tests stop and restart it."""
-    kafka = LocalKafka(port=_free_port_pair(), data_dir=tmp_path_factory.mktemp("restart-kafka"))
+    kafka = LocalKafka(port=free_port_pair(), data_dir=tmp_path_factory.mktemp("restart-kafka"))
     start(kafka)
     try:
         yield kafka
@@ -65,9 +66,12 @@ class Outage:
     mode: str  # graceful | kill | freeze
     seconds: float
     during: bool  # events keep being produced while the broker is away
+    guarantee: str = "at_least_once"
 
 
-def _topology(broker: LocalKafka, models: dict[str, Path], directory: Path, parts: int) -> Topology:
+def _topology(
+    broker: LocalKafka, models: dict[str, Path], directory: Path, parts: int, guarantee: str
+) -> Topology:
     name = unique("restart")
     spec: dict[str, Any] = {
         "name": name,
@@ -88,6 +92,7 @@ def _topology(broker: LocalKafka, models: dict[str, Path], directory: Path, part
         "dead_letter": {"topic": f"{name}-dlq"},
         "metrics": {"port": None},
         "topics": {"partitions": parts},
+        "guarantee": guarantee,
     }
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -126,7 +131,7 @@ def _restart_cycle(
     """One agent, one outage mid-stream; returns the counts (asserted by the caller)."""
     rng = random.Random(seed)
     parts = rng.randint(3, 6)
-    topology = _topology(broker, models, directory, parts)
+    topology = _topology(broker, models, directory, parts, outage.guarantee)
     events = generate_transactions(20_000, seed=seed)
     before, after = keyed_transactions(events[:16_000]), keyed_transactions(events[16_000:])
     produce(broker.bootstrap, topology.input.topic, before)
@@ -181,7 +186,8 @@ def _restart_cycle(
         log.close()
 
     served = consume(broker.bootstrap, topology.output.topic, total, timeout_s=60)
-    served_ids = {str(json.loads(r.value or b"")["id"]) for r in served}
+    served_counts = Counter(str(json.loads(r.value or b"")["id"]) for r in served)
+    served_ids = set(served_counts)
     dead = consume(
         broker.bootstrap, topology.dead_letter.topic, total - len(served_ids), timeout_s=10
     )
@@ -196,6 +202,7 @@ def _restart_cycle(
         "outputs": len(served),
         "dead_letters": len(dead),
         "lost": len(ids - got),
+        "doubled": sum(served_counts.values()) - len(served_counts),
         "rc": agent.returncode,
         "log": log.name,
     }
@@ -215,7 +222,10 @@ def _check(results: list[dict[str, Any]]) -> None:
     stalls = [r for r in results if r["committed"] < r["sent"]]
     lost = [r for r in results if r["lost"]]
     failed = [r for r in results if r["rc"] != 0]
+    doubled = [r for r in results if r["doubled"] and r["outage"].guarantee == "exactly_once"]
     summary = "\n".join(f"{r}" for r in results)
+    print(summary)
+    assert not doubled, f"exactly_once served events twice:\n{summary}"
     assert not stalls, f"{len(stalls)}/{len(results)} runs did not commit to the end:\n{summary}"
     assert not lost, f"events lost:\n{summary}"
     assert not failed, f"the agent did not exit 0 on SIGTERM:\n{summary}"
@@ -225,8 +235,12 @@ def _check(results: list[dict[str, Any]]) -> None:
 def test_agent_resumes_after_broker_restarts(
     broker: LocalKafka, demo_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    """The short variant: a graceful restart, then a SIGKILL, with events flowing."""
-    outages = [Outage("graceful", 10.0, during=False), Outage("kill", 10.0, during=True)]
+    """The short variant: a graceful restart, then a SIGKILL with events flowing, under
+    each guarantee."""
+    outages = [
+        Outage("graceful", 10.0, during=False),
+        Outage("kill", 10.0, during=True, guarantee="exactly_once"),
+    ]
     _check(
         [_restart_cycle(broker, demo_models, tmp_path, o, 100 + i) for i, o in enumerate(outages)]
     )
@@ -242,9 +256,14 @@ def test_agent_resumes_after_many_broker_restarts(
     the agent waits for its in-flight batches."""
     rng = random.Random(7)
     modes = ["graceful", "kill", "graceful", "freeze"] * 3  # graceful stops hit librdkafka#5301
+    guarantees = ["at_least_once", "at_least_once", "exactly_once"]
     outages = [
-        Outage(mode, rng.uniform(10, 30), during=bool(i % 2)) for i, mode in enumerate(modes)
-    ] + [Outage("freeze", 50.0, during=False)]
+        Outage(mode, rng.uniform(10, 30), during=bool(i % 2), guarantee=guarantees[i % 3])
+        for i, mode in enumerate(modes)
+    ] + [
+        Outage("freeze", 50.0, during=False),
+        Outage("freeze", 50.0, during=False, guarantee="exactly_once"),
+    ]
     _check(
         [_restart_cycle(broker, demo_models, tmp_path, o, 200 + i) for i, o in enumerate(outages)]
     )
