@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install bench clean
+.PHONY: demo test lint install bench bench-bandit bench-controller clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.throughput
+
+# The bandit benchmark's plot needs the optional `bench` extra (matplotlib).
+bench-bandit: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m benchmarks.bandit
+
+bench-controller: $(STAMP)
+	$(BIN)/python -m benchmarks.controller_throughput
 
 clean:
 	rm -rf $(VENV) models .pytest_cache .mypy_cache .ruff_cache
