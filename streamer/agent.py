@@ -518,7 +518,9 @@ class Agent:
         if port is None:
             return None
         try:
-            server = MetricsServer(self.metrics, port, self._healthy, self._readiness)
+            server = MetricsServer(
+                self.metrics, port, self._healthy, self._readiness, self.topology.metrics.host
+            )
         except OSError as exc:
             raise StreamerError(
                 f"{self.topology.source}: metrics.port: cannot listen on {port}: {exc.strerror}"

@@ -28,6 +28,12 @@ from streamer.errors import ConfigError, ConfigErrors
 
 BOOTSTRAP_ENV = "STREAMER_BOOTSTRAP_SERVERS"
 """Overrides `kafka.bootstrap_servers` of every topology (containers, CI, staging)."""
+METRICS_HOST_ENV = "STREAMER_METRICS_HOST"
+"""Overrides `metrics.host` (a container publishes its endpoints on 0.0.0.0)."""
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+FILE_SUFFIX = "_file"
+"""`kafka.config` keys ending in it name a file whose content is the setting's value
+(`sasl.password_file: /run/secrets/kafka`), so secrets stay out of the topology."""
 
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -279,6 +285,9 @@ class ExactlyOnceSpec(_Model):
 class MetricsSpec(_Model):
     port: int | None = Field(default=9100, ge=0, le=65535)
     """Port of /metrics, /healthz and /readyz; null disables the server, 0 picks a free one."""
+    host: str = "127.0.0.1"
+    """Interface the agent's and the controller's HTTP endpoints listen on; 0.0.0.0 for a
+    container scraped from outside (env STREAMER_METRICS_HOST overrides)."""
 
 
 class TopicsSpec(_Model):
@@ -437,14 +446,67 @@ def load_topology(path: str | Path) -> Topology:
         raise ConfigErrors([ConfigError(shown, "", f"{where}{problem}")]) from None
     if not isinstance(raw, dict):
         raise ConfigErrors([ConfigError(shown, "", "must be a YAML mapping of topology keys")])
+    problems: list[ConfigError] = []
+    raw = _substitute(raw, shown, "", problems)
     raw.setdefault("kafka", {})
     if isinstance(raw["kafka"], dict) and os.environ.get(BOOTSTRAP_ENV):
         raw["kafka"] = {**raw["kafka"], "bootstrap_servers": os.environ[BOOTSTRAP_ENV]}
+    if os.environ.get(METRICS_HOST_ENV):
+        metrics = raw.get("metrics") if isinstance(raw.get("metrics"), dict) else {}
+        raw["metrics"] = {**metrics, "host": os.environ[METRICS_HOST_ENV]}
+    kafka = raw["kafka"]
+    if isinstance(kafka, dict) and isinstance(kafka.get("config"), dict):
+        kafka["config"] = _read_secret_files(kafka["config"], file.parent, shown, problems)
+    if problems:
+        raise ConfigErrors(problems)
     try:
         topology = Topology.model_validate(raw, context={"base_dir": file.parent.resolve()})
     except ValidationError as exc:
         raise ConfigErrors([_config_error(shown, e) for e in exc.errors()]) from None
     return topology.model_copy(update={"source": file})
+
+
+def _substitute(value: Any, shown: str, key: str, problems: list[ConfigError]) -> Any:
+    """`${NAME}` in any string value becomes the environment variable NAME (secrets,
+    per-environment names); an unset one is an error naming the key."""
+    if isinstance(value, dict):
+        return {
+            k: _substitute(v, shown, f"{key}.{k}" if key else str(k), problems)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_substitute(v, shown, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def env(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            problems.append(ConfigError(shown, key, f"environment variable {name} is not set"))
+            return ""
+        return os.environ[name]
+
+    return _ENV_REF.sub(env, value)
+
+
+def _read_secret_files(
+    config: dict[str, Any], base: Path, shown: str, problems: list[ConfigError]
+) -> dict[str, Any]:
+    """`<setting>_file: PATH` in kafka.config becomes `<setting>: <the file's content>`."""
+    out = {}
+    for key, value in config.items():
+        if not (isinstance(key, str) and key.endswith(FILE_SUFFIX) and isinstance(value, str)):
+            out[key] = value
+            continue
+        setting = key.removesuffix(FILE_SUFFIX)
+        path = Path(value) if Path(value).is_absolute() else base / value
+        try:
+            out[setting] = path.read_text().rstrip("\r\n")
+        except OSError as exc:
+            problems.append(
+                ConfigError(shown, f"kafka.config.{key}", f"cannot read {value}: {exc.strerror}")
+            )
+    return out
 
 
 def _config_error(file: str, error: Any) -> ConfigError:

@@ -249,10 +249,15 @@ class MetricsServer:
     """Serves /metrics, /healthz (the loop is alive) and /readyz (JSON: ready, or why not)."""
 
     def __init__(
-        self, metrics: Registry, port: int, healthy: Callable[[], bool], ready: Readiness
+        self,
+        metrics: Registry,
+        port: int,
+        healthy: Callable[[], bool],
+        ready: Readiness,
+        host: str = "127.0.0.1",
     ) -> None:
         handler = _handler(metrics, healthy, ready)
-        self._server = ThreadingHTTPServer(("0.0.0.0", port), handler)  # noqa: S104 - scraped from outside
+        self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics", daemon=True

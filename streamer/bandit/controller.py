@@ -548,7 +548,9 @@ class Controller:
         if port is None:
             return None
         try:
-            server = MetricsServer(self.metrics, port, self._healthy, self._readiness)
+            server = MetricsServer(
+                self.metrics, port, self._healthy, self._readiness, self.topology.metrics.host
+            )
         except OSError as exc:
             raise StreamerError(
                 f"{self.topology.source}: bandit.metrics_port: cannot listen on {port}: "

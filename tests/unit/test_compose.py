@@ -24,7 +24,7 @@ import yaml
 
 from streamer.agent import DRAIN_TIMEOUT_S
 from streamer.cli import app
-from streamer.config import BOOTSTRAP_ENV, KafkaSettings, load_topology
+from streamer.config import BOOTSTRAP_ENV, METRICS_HOST_ENV, KafkaSettings, load_topology
 from streamer.demo.train import DEMO_DIRECTORIES, DEMO_MODELS
 from streamer.kafka.local import KAFKA_VERSION
 
@@ -121,6 +121,11 @@ def test_the_image_entrypoint_is_the_streamer_cli() -> None:
 )
 def test_commands_run_the_image_copy_of_the_fraud_topology(argv: list[str]) -> None:
     assert _in_repo(PurePosixPath(_parse(argv)["topology"])) == FRAUD_PATH
+
+
+@pytest.mark.parametrize("service", ["engine", "controller"])
+def test_scraped_services_listen_on_every_interface(service: str) -> None:
+    assert SERVICES[service]["environment"][METRICS_HOST_ENV] == "0.0.0.0"
 
 
 def test_the_controller_runs_and_exposes_its_metrics_port() -> None:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from streamer.codecs import make_decoder, make_encoder
 from streamer.config import (
     BOOTSTRAP_ENV,
+    METRICS_HOST_ENV,
     BatchingSpec,
     KafkaSettings,
     Topology,
@@ -202,3 +203,54 @@ def test_every_bad_value_of_a_file_is_reported(tmp_path: Path) -> None:
 def test_config_error_renders_one_line() -> None:
     assert str(ConfigError("t.yaml", "input.topic", "bad")) == "t.yaml: input.topic: bad"
     assert str(ConfigError("t.yaml", "", "file not found")) == "t.yaml: file not found"
+
+
+def test_environment_variables_fill_values_and_an_unset_one_names_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAFKA_USER", "svc-fraud")
+    monkeypatch.setenv("KAFKA_PASSWORD", "s3cr3t-from-env")
+    spec = minimal(
+        kafka={
+            "bootstrap_servers": "broker:9093",
+            "config": {"sasl.username": "${KAFKA_USER}", "sasl.password": "${KAFKA_PASSWORD}"},
+        },
+        output={"topic": "scores-${KAFKA_USER}"},
+    )
+    t = load_topology(_write(tmp_path / "t.yaml", spec))
+    assert t.kafka.config == {"sasl.username": "svc-fraud", "sasl.password": "s3cr3t-from-env"}
+    assert t.output.topic == "scores-svc-fraud"
+    assert "s3cr3t" not in str(t.kafka.redacted())
+    spec["lake"] = {"topic": "${NOT_SET_ANYWHERE}"}
+    path = _write(tmp_path / "unset.yaml", spec)
+    with pytest.raises(ConfigErrors) as info:
+        load_topology(path)
+    assert (
+        str(info.value) == f"{path}: lake.topic: environment variable NOT_SET_ANYWHERE is not set"
+    )
+
+
+def test_a_setting_can_come_from_a_file_and_a_missing_one_names_its_key(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "password").write_text("from-a-file\n")
+    spec = minimal(kafka={"config": {"sasl.password_file": "password"}})
+    t = load_topology(_write(tmp_path / "t.yaml", spec))
+    assert t.kafka.config == {"sasl.password": "from-a-file"}
+    spec = minimal(kafka={"config": {"ssl.key.password_file": "/no/such/file"}})
+    path = _write(tmp_path / "missing.yaml", spec)
+    with pytest.raises(ConfigErrors) as info:
+        load_topology(path)
+    assert str(info.value) == (
+        f"{path}: kafka.config.ssl.key.password_file: cannot read /no/such/file: "
+        "No such file or directory"
+    )
+
+
+def test_endpoints_listen_on_localhost_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _write(tmp_path / "t.yaml", minimal())
+    assert load_topology(path).metrics.host == "127.0.0.1"
+    monkeypatch.setenv(METRICS_HOST_ENV, "0.0.0.0")
+    assert load_topology(path).metrics.host == "0.0.0.0"
