@@ -4,18 +4,31 @@ The broker is Apache's own: `kafka_2.13` resolved from Maven Central with Maven 
 user's cache directory, its storage formatted once with `kafka.tools.StorageTool`, then
 `kafka.Kafka server.properties` started in its own session with a modest heap. Everything
 it writes (properties, data, server.log, pid file) lives in one data directory per port.
+
+By default clients connect in PLAINTEXT. With `sasl_ssl` the client listener is SASL_SSL
+instead: TLS with a certificate for 127.0.0.1/localhost signed by a CA made for this data
+directory with the JDK's keytool (clients trust `tls/ca.pem`), and SCRAM-SHA-512 with one user
+whose credentials are written into the cluster metadata when the storage is formatted (its
+password, generated then, stays in `sasl.password`). The broker talks to itself (inter-broker)
+over that same listener as that user; the KRaft controller listener (port+1) stays PLAINTEXT
+on 127.0.0.1. A data directory keeps the mode it was formatted with.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import json
 import os
 import random
 import re
+import secrets
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -35,6 +48,11 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 HEAP = ("-Xms256m", "-Xmx768m")
 """Modest: the broker shares two cores and the memory with the engine and the tests."""
+SASL_MECHANISM = "SCRAM-SHA-512"
+SASL_USERNAME = "streamer"
+CERT_VALIDITY_DAYS = 3650
+_CREDENTIAL = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
+"""Usernames and passwords go unquoted into `--add-scram` and the broker's JAAS line."""
 
 
 def cache_dir() -> Path:
@@ -50,6 +68,11 @@ class LocalKafka:
     port: int = DEFAULT_PORT
     data_dir: Path | None = None
     version: str = KAFKA_VERSION
+    sasl_ssl: bool = False
+    """Clients connect over SASL_SSL (SCRAM-SHA-512, a self-signed CA) instead of PLAINTEXT."""
+    username: str = SASL_USERNAME
+    password: str | None = None
+    """The SCRAM user's password; None: generated when the storage is formatted."""
 
     @property
     def controller_port(self) -> int:
@@ -71,6 +94,23 @@ class LocalKafka:
     def log_file(self) -> Path:
         return self.home / "server.log"
 
+    @property
+    def security_file(self) -> Path:
+        """Present when the data directory holds a SASL_SSL broker: mechanism, user, and the
+        keystore password (owner-only, like everything secret here)."""
+        return self.home / "security.json"
+
+    @property
+    def password_file(self) -> Path:
+        """The SCRAM user's password (owner-only); topologies can name it in
+        `kafka.config.sasl.password_file`."""
+        return self.home / "sasl.password"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate (PEM) clients trust: librdkafka's `ssl.ca.location`."""
+        return self.home / "tls" / "ca.pem"
+
 
 @dataclass(frozen=True)
 class StartResult:
@@ -78,16 +118,25 @@ class StartResult:
     pid: int
     already_running: bool
     seconds: float
+    topology_config: dict[str, str]
+    """What a topology's `kafka.config` needs for this broker ({} for PLAINTEXT)."""
 
 
 def start(broker: LocalKafka, timeout_s: float = START_TIMEOUT_S) -> StartResult:
     """Start the broker unless it already runs; return once it answers a metadata request."""
     began = time.monotonic()
+    _check_mode(broker)
     running = _running(broker)
     if running is not None:
         # Ours is already running (maybe still starting): wait for it, never start a second.
         if _await_broker(broker, running, began + timeout_s):
-            return StartResult(broker.bootstrap, running.pid, True, time.monotonic() - began)
+            return StartResult(
+                broker.bootstrap,
+                running.pid,
+                True,
+                time.monotonic() - began,
+                topology_config(broker),
+            )
         raise LocalKafkaError(
             f"the broker (pid {running.pid}) runs but does not answer at {broker.bootstrap}; "
             f"see {broker.log_file}, or `streamer kafka stop` it"
@@ -98,8 +147,9 @@ def start(broker: LocalKafka, timeout_s: float = START_TIMEOUT_S) -> StartResult
         )
     java = _java()
     libs = ensure_jars(broker.version)
-    props = _write_config(broker)
-    _format_storage(java, libs, broker, props)
+    security = _ensure_security(java, broker) if broker.sasl_ssl else None
+    props = _write_config(broker, security)
+    _format_storage(java, libs, broker, props, security)
     log_config = resources.files("streamer.kafka") / "log4j2.properties"
     cmd = [
         java,
@@ -123,7 +173,9 @@ def start(broker: LocalKafka, timeout_s: float = START_TIMEOUT_S) -> StartResult
         )
     broker.pid_file.write_text(str(proc.pid))
     if _await_broker(broker, proc, began + timeout_s):
-        return StartResult(broker.bootstrap, proc.pid, False, time.monotonic() - began)
+        return StartResult(
+            broker.bootstrap, proc.pid, False, time.monotonic() - began, topology_config(broker)
+        )
     if not _alive(proc):
         broker.pid_file.unlink(missing_ok=True)
         raise LocalKafkaError(f"the broker exited during start-up; see {broker.log_file}")
@@ -136,8 +188,9 @@ def start(broker: LocalKafka, timeout_s: float = START_TIMEOUT_S) -> StartResult
 
 def _await_broker(broker: LocalKafka, proc: psutil.Process, deadline: float) -> bool:
     """True once the broker answers; False when its process dies or the deadline passes."""
+    config = client_config(broker)
     while time.monotonic() < deadline and _alive(proc):
-        if _port_open(broker.port) and answers(broker.bootstrap, 2.0):
+        if _port_open(broker.port) and answers(broker.bootstrap, 2.0, config):
             return True
         time.sleep(0.2)
     return False
@@ -156,7 +209,12 @@ def stop(broker: LocalKafka, timeout_s: float = STOP_TIMEOUT_S) -> bool:
 def status(broker: LocalKafka) -> tuple[bool, int | None]:
     """Whether the broker answers, and its pid when this data directory's broker runs."""
     pid = running_pid(broker)
-    return (pid is not None and _port_open(broker.port) and answers(broker.bootstrap, 3.0)), pid
+    up = (
+        pid is not None
+        and _port_open(broker.port)
+        and answers(broker.bootstrap, 3.0, client_config(broker))
+    )
+    return up, pid
 
 
 def running_pid(broker: LocalKafka) -> int | None:
@@ -238,10 +296,10 @@ def _java() -> str:
     return java
 
 
-def _write_config(broker: LocalKafka) -> Path:
+def _write_config(broker: LocalKafka, security: _Security | None = None) -> Path:
     broker.home.mkdir(parents=True, exist_ok=True)
     props = broker.home / "server.properties"
-    settings = {
+    settings: dict[str, str] = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "listeners": (
@@ -267,11 +325,227 @@ def _write_config(broker: LocalKafka) -> Path:
         "log.retention.hours": "24",
         "log.segment.bytes": str(64 * 1024 * 1024),
     }
-    props.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    if security is not None:
+        settings.update(_sasl_ssl_settings(broker, security))
+    text = "".join(f"{k}={v}\n" for k, v in settings.items())
+    if security is not None:  # it holds the passwords
+        _write_private(props, text)
+    else:
+        props.write_text(text)
     return props
 
 
-def _format_storage(java: str, libs: Path, broker: LocalKafka, props: Path) -> None:
+def _sasl_ssl_settings(broker: LocalKafka, security: _Security) -> dict[str, str]:
+    """One SASL_SSL listener for clients and the broker itself; the controller's stays
+    PLAINTEXT. No authorizer: every authenticated user may do everything."""
+    store = str(_keystore(broker))
+    login = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{security.username}" password="{security.password}";'
+    )
+    return {
+        "listeners": (
+            f"SASL_SSL://127.0.0.1:{broker.port},CONTROLLER://127.0.0.1:{broker.controller_port}"
+        ),
+        "advertised.listeners": f"SASL_SSL://127.0.0.1:{broker.port}",
+        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "SASL_SSL",
+        "sasl.enabled.mechanisms": SASL_MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": SASL_MECHANISM,
+        f"listener.name.sasl_ssl.{SASL_MECHANISM.lower()}.sasl.jaas.config": login,
+        # One PKCS12 file: the broker's key and chain, and the CA as a trusted entry (the
+        # broker connecting to itself checks the chain and that it is 127.0.0.1).
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": store,
+        "ssl.keystore.password": security.store_password,
+        "ssl.key.password": security.store_password,
+        "ssl.truststore.type": "PKCS12",
+        "ssl.truststore.location": store,
+        "ssl.truststore.password": security.store_password,
+    }
+
+
+@dataclass(frozen=True)
+class _Security:
+    username: str
+    password: str
+    store_password: str
+
+
+def client_config(broker: LocalKafka) -> dict[str, str]:
+    """librdkafka settings (the password itself included) for a client of this data
+    directory's broker: {} unless it was formatted for SASL_SSL."""
+    security = _load_security(broker)
+    if security is None:
+        return {}
+    return {**_client_base(broker, security), "sasl.password": security.password}
+
+
+def topology_config(broker: LocalKafka) -> dict[str, str]:
+    """The same settings as a topology's `kafka.config` takes them: the password by file."""
+    security = _load_security(broker)
+    if security is None:
+        return {}
+    return {**_client_base(broker, security), "sasl.password_file": str(broker.password_file)}
+
+
+def _client_base(broker: LocalKafka, security: _Security) -> dict[str, str]:
+    return {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": SASL_MECHANISM,
+        "sasl.username": security.username,
+        "ssl.ca.location": str(broker.ca_file),
+    }
+
+
+def _load_security(broker: LocalKafka) -> _Security | None:
+    try:
+        stored = json.loads(broker.security_file.read_text())
+        return _Security(
+            str(stored["username"]),
+            broker.password_file.read_text().strip(),
+            str(stored["store_password"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _formatted(broker: LocalKafka) -> bool:
+    return (broker.home / "data" / "meta.properties").exists()
+
+
+def _check_mode(broker: LocalKafka) -> None:
+    """A data directory serves the mode it was formatted with: SCRAM users exist only when
+    the storage was formatted with them, and credentials cannot change afterwards."""
+    if broker.sasl_ssl:
+        for what, value in (("username", broker.username), ("password", broker.password)):
+            if value is not None and not _CREDENTIAL.match(value):
+                raise LocalKafkaError(
+                    f"the SASL {what} may hold only letters, digits and . _ ~ - (1-128)"
+                )
+    if not _formatted(broker):
+        return
+    security = _load_security(broker) if broker.security_file.exists() else None
+    if broker.sasl_ssl and security is None:
+        raise LocalKafkaError(
+            f"{broker.home} holds a PLAINTEXT broker (formatted without SASL users); "
+            "start it without --sasl-ssl, or choose another --data-dir or --port"
+        )
+    if not broker.sasl_ssl and broker.security_file.exists():
+        raise LocalKafkaError(
+            f"{broker.home} holds a SASL_SSL broker; start it with --sasl-ssl, "
+            "or choose another --data-dir or --port"
+        )
+    if security is not None and (
+        broker.username != security.username
+        or (broker.password is not None and broker.password != security.password)
+    ):
+        raise LocalKafkaError(
+            f"the SASL credentials of {broker.home} were fixed when it was formatted "
+            f"(user {security.username}, password in {broker.password_file})"
+        )
+
+
+def _ensure_security(java: str, broker: LocalKafka) -> _Security:
+    """Credentials and certificates for a SASL_SSL broker: kept once the storage is formatted
+    with them, made afresh (a new password unless one is given) until then."""
+    security = _load_security(broker) if _formatted(broker) else None
+    if security is None:
+        security = _Security(
+            broker.username,
+            broker.password or secrets.token_urlsafe(18),
+            secrets.token_urlsafe(18),
+        )
+        shutil.rmtree(broker.ca_file.parent, ignore_errors=True)
+        broker.home.mkdir(parents=True, exist_ok=True)
+        _write_private(broker.password_file, security.password + "\n")
+        _write_private(
+            broker.security_file,
+            json.dumps(
+                {
+                    "mechanism": SASL_MECHANISM,
+                    "username": security.username,
+                    "store_password": security.store_password,
+                },
+                indent=2,
+            )
+            + "\n",
+        )
+    if not (broker.ca_file.exists() and _keystore(broker).exists()):
+        _make_certificates(_keytool(java), broker.ca_file.parent, security.store_password)
+    return security
+
+
+def _keystore(broker: LocalKafka) -> Path:
+    return broker.ca_file.parent / "broker.p12"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (created so, never world-readable meanwhile)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def _keytool(java: str) -> str:
+    beside = Path(java).resolve().parent / "keytool"
+    found = str(beside) if beside.exists() else shutil.which("keytool")
+    if found is None:
+        raise LocalKafkaError(f"keytool (the JDK's) is not next to {java} nor on PATH")
+    return found
+
+
+def _make_certificates(keytool: str, tls: Path, password: str) -> None:
+    """A CA, and a broker certificate for 127.0.0.1 and localhost that it signs (EC P-256)."""
+    shutil.rmtree(tls, ignore_errors=True)
+    tls.mkdir(parents=True, mode=0o700)
+    ca, store = tls / "ca.p12", tls / "broker.p12"
+    csr, cert, ca_pem = tls / "broker.csr", tls / "broker.pem", tls / "ca.pem"
+    pw = ["-storepass", password]
+    key = ["-keyalg", "EC", "-groupname", "secp256r1", "-validity", str(CERT_VALIDITY_DAYS)]
+    san = "SAN=dns:localhost,ip:127.0.0.1"
+    steps: list[list[str]] = [
+        # The CA's key never leaves ca.p12.
+        ["-genkeypair", "-alias", "ca", *key, "-dname", "CN=streamer local Kafka CA",
+         "-ext", "bc:c", "-ext", "KU=keyCertSign,cRLSign", "-keystore", str(ca), *pw],
+        ["-exportcert", "-rfc", "-alias", "ca", "-keystore", str(ca), *pw, "-file", str(ca_pem)],
+        ["-genkeypair", "-alias", "broker", *key, "-dname", "CN=localhost", "-ext", san,
+         "-keystore", str(store), *pw],
+        ["-certreq", "-alias", "broker", "-keystore", str(store), *pw, "-file", str(csr)],
+        ["-gencert", "-rfc", "-alias", "ca", "-keystore", str(ca), *pw, "-infile", str(csr),
+         "-outfile", str(cert), "-validity", str(CERT_VALIDITY_DAYS), "-ext", san,
+         "-ext", "KU=digitalSignature", "-ext", "EKU=serverAuth,clientAuth"],
+        ["-importcert", "-noprompt", "-alias", "ca", "-file", str(ca_pem),
+         "-keystore", str(store), *pw],
+        ["-importcert", "-alias", "broker", "-file", str(cert), "-keystore", str(store), *pw],
+    ]  # fmt: skip
+    for args in steps:
+        done = subprocess.run(
+            [keytool, *args, "-storetype", "PKCS12"], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            detail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
+            raise LocalKafkaError(f"keytool {args[0]} failed: {detail[0]}")
+    csr.unlink()
+    cert.unlink()
+
+
+def _scram_credential(security: _Security, iterations: int = 8192) -> str:
+    """`--add-scram`'s argument, salted here so the password never shows in a command line
+    (SaltedPassword = PBKDF2-HMAC-SHA512 of the password, RFC 5802)."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha512", security.password.encode(), salt, iterations)
+    return (
+        f"{SASL_MECHANISM}=[name={security.username},iterations={iterations},"
+        f'salt="{base64.b64encode(salt).decode()}",'
+        f'saltedpassword="{base64.b64encode(salted).decode()}"]'
+    )
+
+
+def _format_storage(
+    java: str, libs: Path, broker: LocalKafka, props: Path, security: _Security | None = None
+) -> None:
     if (broker.home / "data" / "meta.properties").exists():
         return
     base = [java, "-Xmx256m", "-cp", f"{libs}/*", "kafka.tools.StorageTool"]
@@ -282,8 +556,9 @@ def _format_storage(java: str, libs: Path, broker: LocalKafka, props: Path) -> N
     cluster_id = uuid.stdout.strip().splitlines()[-1] if uuid.returncode == 0 else ""
     if not cluster_id:
         raise LocalKafkaError(f"kafka-storage random-uuid failed: {uuid.stderr.strip()[:200]}")
+    scram = [] if security is None else ["--add-scram", _scram_credential(security)]
     fmt = subprocess.run(
-        [*base, "format", "-t", cluster_id, "-c", str(props), "--standalone"],
+        [*base, "format", "-t", cluster_id, "-c", str(props), "--standalone", *scram],
         capture_output=True,
         text=True,
         check=False,
@@ -322,9 +597,10 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def answers(bootstrap: str, timeout_s: float) -> bool:
-    """Whether a broker at `bootstrap` answers a metadata request (quietly: no log lines)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+def answers(bootstrap: str, timeout_s: float, config: Mapping[str, str] | None = None) -> bool:
+    """Whether a broker at `bootstrap` answers a metadata request (quietly: no log lines);
+    `config` holds the client's security settings, if it needs any."""
+    admin = AdminClient({**(config or {}), "bootstrap.servers": bootstrap, "log_level": 0})
     try:
         return bool(admin.list_topics(timeout=timeout_s).brokers)
     except Exception:  # any KafkaException means "not yet"

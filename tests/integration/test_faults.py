@@ -52,9 +52,19 @@ class Agents:
         self.procs[slot].wait(30)
         self.procs[slot] = self._start(slot)
 
+    def join(self) -> None:
+        """One more member."""
+        self.procs.append(self._start(len(self.procs)))
+
+    def leave(self, slot: int) -> int:
+        """A graceful leave (SIGTERM): drains, commits, hands its partitions over."""
+        self.procs[slot].send_signal(signal.SIGTERM)
+        return self.procs[slot].wait(120)
+
     def stop(self) -> list[int]:
         for p in self.procs:
-            p.send_signal(signal.SIGTERM)
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
         return [p.wait(120) for p in self.procs]
 
 
@@ -174,3 +184,36 @@ def test_at_least_once_survives_kill_9_losing_nothing(
     # A kill repeats what was produced but not committed: the in-flight batches (4 x 256)
     # and what the last asynchronous commit had not confirmed, of the killed member.
     assert doubled <= killed * 4 * 256 * 2
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_a_member_joining_and_one_leaving_mid_stream_lose_and_repeat_nothing(
+    make_topology: TopologyFactory, kafka: str, tmp_path: Path, guarantee: str
+) -> None:
+    events = 15_000
+    topology = make_topology(
+        partitions=6,
+        guarantee=guarantee,
+        batching={"max_batch_size": 256, "max_wait_ms": 20},
+        kafka=lambda _: {"bootstrap_servers": kafka, "config": FAST_GROUP},
+    )
+    items = with_garbage(events, seed=47)
+    sent = {k.decode() for k, _ in items if k}
+    agents = Agents(topology, 2, tmp_path)
+    producer = threading.Thread(target=feed, args=(kafka, topology.input.topic, items, 2500.0))
+    try:
+        time.sleep(3)
+        producer.start()
+        time.sleep(2)
+        agents.join()  # a third member: partitions move to it mid-stream
+        time.sleep(2.5)
+        assert agents.leave(0) == 0  # and one leaves: its partitions move again
+        producer.join(300)
+        seen = _disposed(kafka, topology, len(sent))
+    finally:
+        codes = agents.stop()
+    assert codes == [0, 0, 0]
+    missing = sent - set(seen)
+    doubled = sum(n - 1 for n in seen.values())
+    print(f"{guarantee} rebalances: {len(sent)} sent, {len(missing)} lost, {doubled} repeated")
+    assert not missing and doubled == 0
