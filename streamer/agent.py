@@ -37,7 +37,7 @@ from streamer.assembly import (
 )
 from streamer.batching import MicroBatcher
 from streamer.codecs import make_decoder, make_encoder
-from streamer.commits import AtLeastOnce, Committer, Rescue
+from streamer.commits import AtLeastOnce, ClientsLost, Committer, Rescue
 from streamer.config import Topology
 from streamer.control.live import LiveControl, RecentRows
 from streamer.errors import BatchFailed, DeliveryFailed, StreamerError
@@ -81,10 +81,6 @@ STUCK_CHECKS = 2
 recreated: one failure can be a client still in its reconnect backoff after an outage."""
 
 
-class _ClientsLost(Exception):
-    """The consumer or producer can no longer reach a cluster that a fresh client reaches."""
-
-
 class _ClientWatchdog:
     """Finds clients that librdkafka has left without brokers (see `Agent._session`)."""
 
@@ -107,7 +103,7 @@ class _ClientWatchdog:
         self.failed = 0
 
     def check(self) -> None:
-        """Raise _ClientsLost after STUCK_CHECKS failed checks in a row."""
+        """Raise ClientsLost after STUCK_CHECKS failed checks in a row."""
         now = self.clock()
         c = self.committer
         waiting = c.in_flight > 0 or not c.assigned
@@ -134,7 +130,7 @@ class _ClientWatchdog:
             STUCK_CHECKS,
         )
         if self.failed >= STUCK_CHECKS:
-            raise _ClientsLost(f"the {' and '.join(cut_off)} lost every broker")
+            raise ClientsLost(f"the {' and '.join(cut_off)} lost every broker")
 
 
 @dataclass(frozen=True)
@@ -176,6 +172,7 @@ class Agent:
         """The models the agent starts with (live control swaps them while it serves)."""
         self.variants = Variants(topology, models, self.metrics)
         self.recent = RecentRows(len(topology.features))
+        self._transactional_id = transactional_id(topology.group_id)
         self.shadows = ShadowRunner(
             None if (ms := topology.batching.shadow_budget_ms) is None else ms / 1000.0
         )
@@ -238,7 +235,7 @@ class Agent:
             while not self._stop.is_set():
                 try:
                     self._session(dest)
-                except _ClientsLost as exc:
+                except ClientsLost as exc:
                     log.warning(
                         "%s: recreating the Kafka clients; unacknowledged batches are served again",
                         exc,
@@ -296,7 +293,7 @@ class Agent:
                 committer.poll()
                 self._housekeeping(consumer)
                 watchdog.check()
-        except _ClientsLost:
+        except ClientsLost:
             committer.discard()
             self._assigned = set()
             self._joined = False
@@ -320,7 +317,7 @@ class Agent:
         if batch_bytes < PRODUCER_MAX_BYTES:
             settings["batch.size"] = batch_bytes
         if t.guarantee == "exactly_once":
-            settings["transactional.id"] = transactional_id(t.group_id)
+            settings["transactional.id"] = self._transactional_id
             settings["transaction.timeout.ms"] = t.exactly_once.transaction_timeout_ms
         return settings
 
@@ -337,6 +334,7 @@ class Agent:
                 self.metrics,
                 commit_interval_s=t.exactly_once.commit_interval_ms / 1000.0,
                 drain_timeout_s=self._drain_timeout_s,
+                transactional_id=self._transactional_id,
                 source=source,
             )
         return AtLeastOnce(

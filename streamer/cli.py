@@ -305,14 +305,33 @@ def control_rollback(ctx: typer.Context) -> None:
 
 
 @kafka_app.command("start")
-def kafka_start(port: PortOpt = 9092, data_dir: DataDirOpt = None) -> None:
+def kafka_start(
+    port: PortOpt = 9092,
+    data_dir: DataDirOpt = None,
+    sasl_ssl: Annotated[
+        bool,
+        typer.Option(
+            "--sasl-ssl",
+            help="Clients connect over SASL_SSL: SCRAM-SHA-512 (user streamer, password "
+            "generated) and TLS with a CA made for the data directory. Fixed at first start.",
+        ),
+    ] = False,
+) -> None:
     """Start the local broker (Apache Kafka jars via Maven, KRaft, one node)."""
+    broker = LocalKafka(port=port, data_dir=data_dir, sasl_ssl=sasl_ssl)
     with _user_errors():
-        result = start(LocalKafka(port=port, data_dir=data_dir))
+        result = start(broker)
     if result.already_running:
         typer.echo(f"Kafka already running at {result.bootstrap} (pid {result.pid})")
     else:
         typer.echo(f"Kafka started at {result.bootstrap} (pid {result.pid}, {result.seconds:.1f}s)")
+    if result.topology_config:
+        typer.echo(
+            f"SASL_SSL: clients need these settings (the password is in {broker.password_file})"
+        )
+        typer.echo(f"kafka:\n  bootstrap_servers: {result.bootstrap}\n  config:")
+        for key, value in result.topology_config.items():
+            typer.echo(f"    {key}: {value}")
 
 
 @kafka_app.command("stop")
@@ -330,7 +349,8 @@ def kafka_status(port: PortOpt = 9092, data_dir: DataDirOpt = None) -> None:
     if not up:
         typer.echo(f"Kafka is not running at {broker.bootstrap}")
         raise typer.Exit(1)
-    typer.echo(f"Kafka running at {broker.bootstrap} (pid {pid}, data {broker.home})")
+    mode = ", SASL_SSL" if broker.security_file.exists() else ""
+    typer.echo(f"Kafka running at {broker.bootstrap} (pid {pid}, data {broker.home}{mode})")
 
 
 def main() -> None:

@@ -37,6 +37,14 @@ CLOSE_LOST_TIMEOUT_S = 10.0
 """How long closing a consumer that lost every broker may take before it is left behind."""
 
 Partition = tuple[str, int]
+
+
+class ClientsLost(Exception):
+    """The consumer and producer cannot go on (cut off from a cluster that a fresh client
+    reaches, or a transaction that can neither commit nor abort): the agent drops them and
+    starts again with new ones from the committed offsets."""
+
+
 Rescue = Callable[[Outgoing, InputMessage, str], Outgoing | None]
 """Given a record the broker refused for its size, its input message and the error: the
 record to send instead (a dead letter), or None to drop it (a lake entry; counted)."""

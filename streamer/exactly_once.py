@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from streamer.assembly import InputMessage, Outgoing, coordinates
-from streamer.commits import InFlightBatch, Partition, Rescue, produce_record
+from streamer.commits import ClientsLost, InFlightBatch, Partition, Rescue, produce_record
 from streamer.errors import DeliveryFailed, StreamerError
 from streamer.kafka.clients import KafkaBatchSource
 from streamer.metrics import Metrics
@@ -35,6 +35,8 @@ ATTEMPT_S = 5.0
 """Longest single attempt of a transaction call before the consumer is served again."""
 """Aborted transactions in a row (no commit between them) before the agent gives up; the
 waits between them (1, 2, 4, ... 30 s) outlast a broker restart."""
+FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED})
+"""A newer producer with this transactional id exists: this process is a zombie."""
 ABORT_WAIT_S = 60.0
 """How long aborting may wait for the transaction coordinator."""
 
@@ -57,9 +59,12 @@ class ExactlyOnce:
         *,
         commit_interval_s: float,
         drain_timeout_s: float,
+        transactional_id: str,
         source: KafkaBatchSource | None = None,
     ) -> None:
-        """`producer` is transactional (`transactional.id` set) and not yet initialised."""
+        """`producer` is transactional (`transactional.id` = `transactional_id`) and not
+        yet initialised."""
+        self.transactional_id = transactional_id
         self.consumer = consumer
         self.producer = producer
         self.source = source
@@ -200,11 +205,13 @@ class ExactlyOnce:
             if isinstance(err, KafkaError) and err.txn_requires_abort():
                 self._abort(err.str())
                 return
-            if isinstance(err, KafkaError) and err.fatal():
+            if isinstance(err, KafkaError) and err.code() in FENCED:
                 raise StreamerError(
-                    f"exactly-once: the transactional producer is fenced or failed fatally "
-                    f"({err.str()}); another agent took over its partitions"
+                    f"exactly-once: this agent's producer was fenced ({err.str()}): another "
+                    f"agent with transactional id {self.transactional_id} took over"
                 ) from None
+            if isinstance(err, KafkaError) and err.fatal():
+                raise ClientsLost(f"the transactional producer failed: {err.str()}") from None
             raise DeliveryFailed(
                 f"exactly-once: committing the transaction failed ({exc}); it is not "
                 "visible to read_committed consumers and its events will be served again"
@@ -257,9 +264,12 @@ class ExactlyOnce:
         try:
             self._retrying(self.producer.abort_transaction, time.monotonic() + ABORT_WAIT_S)
         except KafkaException as exc:
+            # The coordinator may have timed the transaction out and moved on: a new
+            # producer with the same transactional id fences this one and aborts what is
+            # open, and a new consumer starts from the committed offsets.
             err = exc.args[0] if exc.args else None
-            raise StreamerError(
-                f"exactly-once: cannot abort the transaction: {err.str() if err else exc}"
+            raise ClientsLost(
+                f"the transaction can neither commit nor abort ({err.str() if err else exc})"
             ) from None
         finally:
             self._reset()

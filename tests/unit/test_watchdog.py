@@ -10,8 +10,8 @@ import yaml
 from confluent_kafka import Consumer, Producer
 
 import streamer.agent as agent_module
-from streamer.agent import STUCK_CHECK_S, STUCK_CHECKS, _ClientsLost, _ClientWatchdog
-from streamer.commits import AtLeastOnce
+from streamer.agent import STUCK_CHECK_S, STUCK_CHECKS, _ClientWatchdog
+from streamer.commits import AtLeastOnce, ClientsLost
 from streamer.config import Topology, load_topology
 from tests.onnx_models import write_tiny_model
 
@@ -73,7 +73,7 @@ def test_clients_cut_off_from_an_answering_cluster_are_given_up_after_two_checks
     assert dog.failed == 1
     clock[0] += STUCK_CHECK_S
     assert STUCK_CHECKS == 2
-    with pytest.raises(_ClientsLost, match="the producer lost every broker"):
+    with pytest.raises(ClientsLost, match="the producer lost every broker"):
         dog.check()
 
 
