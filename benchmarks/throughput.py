@@ -63,6 +63,22 @@ DEFAULT_REPEATS = 3
 DEFAULT_BATCH = 512
 DEFAULT_OUT = Path("benchmarks/results/throughput.json")
 MODES = ("baseline", "engine")
+ENGINE_VARIANTS: dict[str, dict[str, Any]] = {
+    "engine": {},
+    "engine-eos": {"guarantee": "exactly_once"},
+}
+"""Engine contenders: topology keys over the engine's defaults. `engine-eos-MS` runs
+exactly_once with `exactly_once.commit_interval_ms: MS` (the commit-interval sweep)."""
+
+
+def engine_overrides(mode: str) -> dict[str, Any]:
+    """The topology keys a contender changes (KeyError for an unknown one)."""
+    if mode.startswith("engine-eos-"):
+        interval = int(mode.removeprefix("engine-eos-"))
+        return {"guarantee": "exactly_once", "exactly_once": {"commit_interval_ms": interval}}
+    return ENGINE_VARIANTS[mode]
+
+
 DRAIN_TIMEOUT_S = 600.0
 """Upper bound of one drain, start-up included; going past it means something is wrong."""
 
@@ -85,7 +101,12 @@ def local_broker() -> Iterator[str]:
 
 
 def engine_topology(
-    name: str, bootstrap: str, input_topic: str, partitions: int, batch: int
+    name: str,
+    bootstrap: str,
+    input_topic: str,
+    partitions: int,
+    batch: int,
+    overrides: dict[str, Any] | None = None,
 ) -> Topology:
     """The engine's topology for one drain; the baseline uses its clients, group and topics."""
     model = ensure_models(MODELS_DIR)[MODEL_STEM]
@@ -103,6 +124,7 @@ def engine_topology(
             "metrics": {"port": None},
             "topics": {"partitions": partitions},
         }
+        | (overrides or {})
     )
 
 
@@ -185,7 +207,8 @@ def drain_engine(t: Topology, n: int, timeout_s: float) -> tuple[float, dict[str
 def measure(mode: str, t: Topology, n: int, timeout_s: float) -> dict[str, Any]:
     """One drain: run it, then read back its output and its group's committed offsets."""
     launched, started = time.time(), time.monotonic()
-    acked_at, extra = (drain_engine if mode == "engine" else drain_baseline)(t, n, timeout_s)
+    drain = drain_baseline if mode == "baseline" else drain_engine
+    acked_at, extra = drain(t, n, timeout_s)
     bootstrap = t.kafka.bootstrap_servers
     records = consume(bootstrap, t.output.topic, n, timeout_s, idle_s=0.5)
     keys = {r.key for r in records}
@@ -251,6 +274,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--batch-size", type=positive, default=DEFAULT_BATCH, help="(%(default)s)")
     add("--timeout", type=float, default=DRAIN_TIMEOUT_S, help="seconds per drain")
     add("--out", type=Path, default=DEFAULT_OUT, help="JSON result file (%(default)s)")
+    add(
+        "--modes",
+        nargs="+",
+        default=list(MODES),
+        help="contenders: baseline, engine, engine-eos, engine-eos-MS (%(default)s)",
+    )
     return parser.parse_args(argv)
 
 
@@ -264,17 +293,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{bootstrap}: pre-loading {n:,} events into {run_id}-in", file=sys.stderr)
         first = engine_topology(run_id, bootstrap, f"{run_id}-in", parts, batch)
         preload_s = preload(first, n)
-        for repeat, mode in itertools.product(range(1, args.repeats + 1), MODES):
+        for repeat, mode in itertools.product(range(1, args.repeats + 1), args.modes):
+            overrides = {} if mode == "baseline" else engine_overrides(mode)
             topology = engine_topology(
-                f"{run_id}-{mode}{repeat}", bootstrap, f"{run_id}-in", parts, batch
+                f"{run_id}-{mode}{repeat}", bootstrap, f"{run_id}-in", parts, batch, overrides
             )
             create_topics(topology)
             run = {"repeat": repeat, **measure(mode, topology, n, args.timeout)}
             runs.append(run)
             print(f"  {mode:8s} #{repeat}: {run['events_per_s']:>10,.0f} events/s", file=sys.stderr)
-    summary: dict[str, Any] = {m: summarize([r for r in runs if r["mode"] == m]) for m in MODES}
-    rates = (summary[m]["median_events_per_s"] for m in ("engine", "baseline"))
-    summary["ratio_engine_over_baseline"] = round(next(rates) / next(rates), 3)
+    summary: dict[str, Any] = {
+        m: summarize([r for r in runs if r["mode"] == m]) for m in args.modes
+    }
+    medians = {m: summary[m]["median_events_per_s"] for m in args.modes}
+    if "baseline" in medians:
+        for m in args.modes:
+            if m != "baseline":
+                summary[f"ratio_{m}_over_baseline"] = round(medians[m] / medians["baseline"], 3)
+    if "engine" in medians:
+        for m in args.modes:
+            if m.startswith("engine-"):
+                summary[f"ratio_{m}_over_engine"] = round(medians[m] / medians["engine"], 3)
     machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     config = {
         "events": n,
@@ -299,14 +338,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for m in MODES:
+    for m in args.modes:
         x = summary[m]
         print(
             f"{m}: median {x['median_events_per_s']:,.0f} events/s (range "
             f"{x['min_events_per_s']:,.0f} - {x['max_events_per_s']:,.0f}), median wall "
             f"{x['median_wall_s']:.1f}s"
         )
-    print(f"engine / baseline = {summary['ratio_engine_over_baseline']:.2f}")
+    for key, ratio in summary.items():
+        if key.startswith("ratio_"):
+            print(f"{key.removeprefix('ratio_').replace('_over_', ' / ')} = {ratio:.2f}")
     print(f"\nwritten {args.out}", file=sys.stderr)
     return 0
 
