@@ -448,7 +448,7 @@ class Agent:
         return Destinations(
             topology=t.name,
             output_topic=t.output.topic,
-            lake_topic=t.lake.topic,
+            lake_topic=t.lake.topic if t.lake.enabled else None,
             dead_letter_topic=t.dead_letter.topic,
             output_encoder=make_encoder(t.output.format, t.output.schema_),
             lake_encoder=make_encoder(t.lake.format, t.lake.schema_),

@@ -65,7 +65,8 @@ class Destinations:
 
     topology: str
     output_topic: str
-    lake_topic: str
+    lake_topic: str | None
+    """None when the lake is off."""
     dead_letter_topic: str
     output_encoder: Encoder
     lake_encoder: Encoder
@@ -152,6 +153,8 @@ def assemble(
         out.inference_seconds[s.variant] = s.seconds
         if s.shadow:
             out.shadowed[s.variant] = len(s.rows)
+        if dest.lake_topic is None:
+            continue  # lake.enabled: false
         for j, row in enumerate(s.rows.tolist()):
             if s.shadow:
                 record = s.record(j, ids[row], ts_events[row], ts_predicted)
@@ -259,7 +262,11 @@ def event_id(msg: InputMessage, record: Mapping[str, Any]) -> str:
     if key:
         return key.decode("utf-8", "backslashreplace")
     rid = record.get("id")
-    if isinstance(rid, str | int) and not isinstance(rid, bool) and rid != "":
+    if isinstance(rid, str) and rid != "":
+        # A JSON "\ud800" escape decodes to a lone surrogate, which nothing downstream can
+        # encode (the router's hash, the output): escape it like a key's undecodable bytes.
+        return rid.encode("utf-8", "backslashreplace").decode()
+    if isinstance(rid, int) and not isinstance(rid, bool):
         return str(rid)
     return "/".join(map(str, coordinates(msg)))
 

@@ -125,6 +125,14 @@ class SinkSpec(_EncodedTopic):
     """A topic the engine writes: predictions (`output`) or the inference lake (`lake`)."""
 
 
+class LakeSpec(SinkSpec):
+    """The inference lake: one record per (event, variant that scored it)."""
+
+    enabled: bool = True
+    """false: no lake records (one record written per event instead of two or more); the
+    bandit controller and shadow variants need the lake."""
+
+
 class DeadLetterSpec(_Model):
     topic: str
 
@@ -310,7 +318,7 @@ class Topology(_Model):
     outputs: list[str] | None = Field(default=None, min_length=1)
     """ONNX outputs to publish (default: all of them)."""
     output: SinkSpec
-    lake: SinkSpec
+    lake: LakeSpec
     dead_letter: DeadLetterSpec
     models: ModelsSpec = Field(default_factory=ModelsSpec)
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
@@ -370,6 +378,12 @@ class Topology(_Model):
             "bandit.feedback_topic": self.bandit.feedback_topic if self.bandit else None,
             "bandit.checkpoint_topic": self.checkpoint_topic,
         }
+        if not self.lake.enabled:
+            if self.bandit is not None:
+                raise ValueError("a bandit section needs the lake (lake.enabled: false)")
+            if self.shadows:
+                raise ValueError("shadow variants write only to the lake (lake.enabled: false)")
+            del topics["lake.topic"]
         seen: dict[str, str] = {}
         for key, topic in topics.items():
             if topic in seen:
@@ -400,7 +414,8 @@ class Topology(_Model):
 
     def agent_topics(self) -> list[str]:
         """The topics an agent reads and writes: input, output, lake, dead letters."""
-        return [self.input.topic, self.output.topic, self.lake.topic, self.dead_letter.topic]
+        lake = [self.lake.topic] if self.lake.enabled else []
+        return [self.input.topic, self.output.topic, *lake, self.dead_letter.topic]
 
     @property
     def checkpoint_topic(self) -> str | None:

@@ -19,7 +19,9 @@ class JsonDecoder:
         if not value:
             raise DecodeError(Reason.EMPTY_VALUE, "the message has no value")
         try:
-            record = json.loads(value)
+            # Decode first: json.loads(bytes) also takes UTF-16/32 and, with "surrogatepass",
+            # UTF-8-encoded surrogates. (A UTF-8 byte-order mark stays accepted.)
+            record = json.loads(value.decode("utf-8-sig"))
         except UnicodeDecodeError as exc:
             raise DecodeError(Reason.UNDECODABLE, f"not UTF-8: {exc.reason}") from None
         except ValueError as exc:

@@ -103,7 +103,7 @@ def record_limits(admin: AdminClient, topology: Topology, timeout_s: float) -> d
     """Per topic the agent writes: the largest record it accepts (the topic's
     `max.message.bytes`, capped by the producer's `message.max.bytes`)."""
     producer_max = int(topology.kafka.config.get("message.max.bytes", PRODUCER_MAX_BYTES))
-    topics = [topology.output.topic, topology.lake.topic, topology.dead_letter.topic]
+    topics = [t for t in topology.agent_topics() if t != topology.input.topic]
     resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics]
     limits = {}
     for resource, future in admin.describe_configs(resources, request_timeout=timeout_s).items():

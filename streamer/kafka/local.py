@@ -375,8 +375,8 @@ class _Security:
 
 
 def client_config(broker: LocalKafka) -> dict[str, str]:
-    """librdkafka settings (the password itself included) for a client of this data
-    directory's broker: {} unless it was formatted for SASL_SSL."""
+    """The librdkafka security settings (the password itself included; not the bootstrap) a
+    client of this data directory's broker needs: {} unless it was formatted for SASL_SSL."""
     security = _load_security(broker)
     if security is None:
         return {}

@@ -12,8 +12,9 @@ import pytest
 
 from streamer.codecs.avro import AvroDecoder
 from streamer.demo.data import feature_matrix, generate_transactions
+from streamer.kafka.clients import make_admin
 from streamer.testing import RunningAgent, consume, produce
-from tests.conftest import SCHEMAS, TRANSACTION, TopologyFactory
+from tests.conftest import SCHEMAS, TRANSACTION, TopologyFactory, keyed_transactions
 
 pytestmark = pytest.mark.integration
 
@@ -113,3 +114,18 @@ def test_json_in_avro_out(
     assert len(lake) == N
     assert {r["id"] for r in lake} == set(index)
     assert all(len(r["features"]) == 4 and r["shadow"] is False for r in lake)
+
+
+def test_with_the_lake_off_only_outputs_are_written(
+    make_topology: TopologyFactory, kafka: str
+) -> None:
+    topology = make_topology(lake=lambda name: {"topic": f"{name}-lake", "enabled": False})
+    events = generate_transactions(500, seed=17)
+    produce(kafka, topology.input.topic, keyed_transactions(events))
+    with RunningAgent(topology) as running:
+        running.wait_until(len(events))
+        stats = running.stop()
+    assert stats.served == len(events)
+    assert len(consume(kafka, topology.output.topic, len(events))) == len(events)
+    admin = make_admin(topology.kafka)
+    assert topology.lake.topic not in admin.list_topics(timeout=10).topics  # never needed

@@ -254,3 +254,16 @@ def test_endpoints_listen_on_localhost_unless_told(
     assert load_topology(path).metrics.host == "127.0.0.1"
     monkeypatch.setenv(METRICS_HOST_ENV, "0.0.0.0")
     assert load_topology(path).metrics.host == "0.0.0.0"
+
+
+def test_the_lake_can_be_turned_off_unless_something_needs_it() -> None:
+    off = topology(lake={"topic": "lake", "enabled": False})
+    assert off.agent_topics() == ["tx", "scores", "tx-dlq"]
+    with pytest.raises(ValidationError, match="shadow variants write only to the lake"):
+        topology(lake={"topic": "lake", "enabled": False}, variants=variants(1.0, shadow=("s",)))
+    with pytest.raises(ValidationError, match="a bandit section needs the lake"):
+        topology(
+            lake={"topic": "lake", "enabled": False},
+            routing={"control_topic": "ctl"},
+            bandit={"feedback_topic": "fb"},
+        )
