@@ -349,13 +349,11 @@ class Agent:
     def _serve(self, messages: Sequence[Message], committer: Committer, dest: Destinations) -> None:
         """One batch: assemble what it produces, publish it into the committer."""
         fetched_at = time.time()
-        owned = committer.assigned
-        if any((m.topic(), m.partition()) not in owned for m in messages):
-            # Fetched before a rebalance took their partitions away: the new owner serves
-            # them from the committed offsets (serving them here too would repeat them).
-            messages = [m for m in messages if (m.topic(), m.partition()) in owned]
-            if not messages:
-                return
+        # A rebalance between two fetches of this batch: what it took away, or handed back
+        # to be fetched again, is not served twice.
+        messages = committer.fresh(messages)
+        if not messages:
+            return
         n = len(messages)
         self.metrics.events_consumed.inc(n)
         self.metrics.batch_size.observe(n)

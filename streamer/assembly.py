@@ -148,49 +148,58 @@ def assemble(
         out.served[variant] += 1
     out.event_ms = np.fromiter((ts_events[row] for row in served), dtype=np.float64)
 
-    latency_ms = round((now - fetched_at) * 1000.0, 3)
     for s in scores.variants:
         out.inference_seconds[s.variant] = s.seconds
         if s.shadow:
             out.shadowed[s.variant] = len(s.rows)
-        if dest.lake_topic is None:
-            continue  # lake.enabled: false
-        for j, row in enumerate(s.rows.tolist()):
-            if s.shadow:
-                record = s.record(j, ids[row], ts_events[row], ts_predicted)
-            elif row in served:
-                record = served[row]
-            else:
-                continue  # dead-lettered: the lake holds only what was served or shadowed
-            lake = lake_record(
-                record,
-                shadow=s.shadow,
-                features=decoded.values[row],
-                latency_ms=latency_ms,
-                topology=dest.topology,
-                propensity=s.propensity,
-            )
-            try:
-                value = dest.lake_encoder.encode(lake)
-            except EncodeError:
-                out.lake_dropped["encode_failed"] += 1
-                continue
-            message = good[row]
-            if _too_large(dest, dest.lake_topic, message.key(), value, None):
-                out.lake_dropped["too_large"] += 1
-                continue
-            out.records.append(
-                Outgoing(
-                    Kind.LAKE,
-                    dest.lake_topic,
-                    message.key(),
-                    value,
-                    None,
-                    decoded.ok[row],
-                    s.variant,
-                )
-            )
+    if dest.lake_topic is not None:  # lake.enabled
+        latency_ms = round((now - fetched_at) * 1000.0, 3)
+        lake = _Lake(dest, dest.lake_topic, out, good, decoded.ok, decoded.values, latency_ms)
+        for s in scores.variants:
+            for j, row in enumerate(s.rows.tolist()):
+                if s.shadow:
+                    record = s.record(j, ids[row], ts_events[row], ts_predicted)
+                elif row in served:
+                    record = served[row]
+                else:
+                    continue  # dead-lettered: the lake holds only what was served or shadowed
+                lake.add(s, row, record)
     return out
+
+
+@dataclass
+class _Lake:
+    """Appends a batch's lake records to `out` (dropping, and counting, what cannot go)."""
+
+    dest: Destinations
+    topic: str
+    out: Assembled
+    good: Sequence[InputMessage]
+    indices: Sequence[int]
+    values: Sequence[list[Any]]
+    latency_ms: float
+
+    def add(self, s: VariantScores, row: int, record: Mapping[str, Any]) -> None:
+        lake = lake_record(
+            record,
+            shadow=s.shadow,
+            features=self.values[row],
+            latency_ms=self.latency_ms,
+            topology=self.dest.topology,
+            propensity=s.propensity,
+        )
+        try:
+            value = self.dest.lake_encoder.encode(lake)
+        except EncodeError:
+            self.out.lake_dropped["encode_failed"] += 1
+            return
+        key = self.good[row].key()
+        if _too_large(self.dest, self.topic, key, value, None):
+            self.out.lake_dropped["too_large"] += 1
+            return
+        self.out.records.append(
+            Outgoing(Kind.LAKE, self.topic, key, value, None, self.indices[row], s.variant)
+        )
 
 
 def _served_by(scores: Scores) -> dict[int, tuple[VariantScores, int]]:

@@ -218,7 +218,7 @@ def topics_create(
 @control_app.callback()
 def control_topology(ctx: typer.Context, topology: TopologyArg) -> None:
     """streamer control TOPOLOGY COMMAND: every write is checked against the topology first."""
-    _setup_logging("error")  # librdkafka's transient retries are not the user's business
+    _setup_logging("critical")  # the one error line says what failed; librdkafka's log not
     with _user_errors(topology):
         ctx.obj = load_topology(topology)
 

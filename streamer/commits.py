@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -79,6 +79,43 @@ class InFlightBatch:
         return self.outstanding == 0 and not self.failures and not self.abandoned
 
 
+class Positions:
+    """Per owned partition, the next offset a batch may serve.
+
+    A batch is gathered over several fetches, and a rebalance can happen between two of
+    them: a partition revoked and handed straight back is fetched again from its committed
+    offset while the first copies are still in hand. Anything below the next offset was
+    served already, and a partition this member does not own is not served at all."""
+
+    def __init__(self) -> None:
+        self._next: dict[Partition, int] = {}
+
+    def fresh(self, messages: Sequence[InputMessage], owned: set[Partition]) -> list[Any]:
+        """The messages of `messages` that are owned and not served yet, in order."""
+        keep = []
+        for m in messages:
+            topic, partition, offset = coordinates(m)
+            tp = (topic, partition)
+            if tp in owned and offset >= self._next.get(tp, -1):
+                keep.append(m)
+        return keep
+
+    def served(self, messages: Sequence[InputMessage]) -> None:
+        for m in messages:
+            topic, partition, offset = coordinates(m)
+            tp = (topic, partition)
+            self._next[tp] = max(self._next.get(tp, 0), offset + 1)
+
+    def rewind(self, tp: Partition, offset: int) -> None:
+        """Serve from `offset` again (an aborted transaction's events)."""
+        self._next[tp] = offset
+
+    def forget(self, partitions: Iterable[Partition]) -> None:
+        """Lost without a commit: whatever comes back for them is served."""
+        for tp in partitions:
+            self._next.pop(tp, None)
+
+
 class InFlight:
     """Batches between produce and commit, oldest first."""
 
@@ -131,6 +168,10 @@ class Committer(Protocol):
     ) -> InFlightBatch:
         """Start a batch of consumed messages; its records go through `produce`. `on_done`
         runs once they are all durable; `rescue` answers a record refused for its size."""
+        ...
+
+    def fresh(self, messages: Sequence[InputMessage]) -> list[Any]:
+        """The messages a batch may serve (see `Positions`)."""
         ...
 
     def produce(self, batch: InFlightBatch, record: Outgoing) -> None:
@@ -200,6 +241,7 @@ class AtLeastOnce:
         self.drain_timeout_s = drain_timeout_s
         self.assigned: set[Partition] = set()
         self._in_flight = InFlight()
+        self._positions = Positions()
         self._served_to: dict[Partition, int] = {}
         """Per input partition, the offset after the last event whose batch was acknowledged."""
         self._hurry = False
@@ -217,9 +259,13 @@ class AtLeastOnce:
         return len(self._in_flight)
 
     # -- the batch loop -------------------------------------------------------------------
+    def fresh(self, messages: Sequence[InputMessage]) -> list[Any]:
+        return self._positions.fresh(messages, self.assigned)
+
     def begin(
         self, messages: Sequence[InputMessage], on_done: Callable[[], None], rescue: Rescue
     ) -> InFlightBatch:
+        self._positions.served(messages)
         return self._in_flight.open((coordinates(m) for m in messages), messages, on_done, rescue)
 
     def produce(self, batch: InFlightBatch, record: Outgoing) -> None:
@@ -337,6 +383,7 @@ class AtLeastOnce:
         self._forget(partitions)
 
     def on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._positions.forget((p.topic, p.partition) for p in partitions)
         self._forget(partitions)
 
     def on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:

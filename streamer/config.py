@@ -237,7 +237,8 @@ class BanditSpec(_Model):
     epsilon: float = Field(default=0.1, ge=0.0, le=1.0)
     """epsilon_greedy: the share of traffic spread evenly for exploration."""
     max_pending: int = Field(default=5_000_000, ge=1)
-    """Cap on decisions waiting for a reward (per controller process); the oldest go first."""
+    """Cap on decisions waiting for a reward, per lake partition (a controller process holds
+    this many for each partition it owns); the oldest go first."""
     seed: int | None = None
     """Seeds the policy's random draws (Thompson sampling) for reproducible runs."""
     checkpoint_topic: str | None = None

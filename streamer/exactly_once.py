@@ -16,11 +16,19 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from streamer.assembly import InputMessage, Outgoing, coordinates
-from streamer.commits import ClientsLost, InFlightBatch, Partition, Rescue, produce_record
+from streamer.commits import (
+    ClientsLost,
+    InFlightBatch,
+    Partition,
+    Positions,
+    Rescue,
+    produce_record,
+)
 from streamer.errors import DeliveryFailed, StreamerError
 from streamer.kafka.clients import KafkaBatchSource
 from streamer.metrics import Metrics
@@ -34,7 +42,7 @@ MAX_ABORTS = 10
 ATTEMPT_S = 5.0
 """Longest single attempt of a transaction call before the consumer is served again."""
 """Aborted transactions in a row (no commit between them) before the agent gives up; the
-waits between them (1, 2, 4, ... 30 s) outlast a broker restart."""
+waits after them (none, then 2, 4, 8, 16, 30 s) outlast a broker restart."""
 FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED})
 """A newer producer with this transactional id exists: this process is a zombie."""
 ABORT_WAIT_S = 60.0
@@ -74,6 +82,7 @@ class ExactlyOnce:
         self.drain_timeout_s = drain_timeout_s
         self.assigned: set[Partition] = set()
         self.progress_at = time.monotonic()
+        self._positions = Positions()
         self._batches: list[InFlightBatch] = []
         self._began: dict[Partition, int] = {}
         """Per input partition, its first offset in the open transaction (where to rewind)."""
@@ -94,10 +103,14 @@ class ExactlyOnce:
             self._initialised = True
 
     # -- the batch loop -------------------------------------------------------------------
+    def fresh(self, messages: Sequence[InputMessage]) -> list[Any]:
+        return self._positions.fresh(messages, self.assigned)
+
     def begin(
         self, messages: Sequence[InputMessage], on_done: Callable[[], None], rescue: Rescue
     ) -> InFlightBatch:
         self._init()
+        self._positions.served(messages)
         if self._open_since is None:
             self.producer.begin_transaction()
             self._open_since = time.monotonic()
@@ -165,6 +178,7 @@ class ExactlyOnce:
         # commit (the broker would fence the offsets anyway).
         if self._open_since is not None:
             self._abort("partitions lost", rewind=False)
+        self._positions.forget((p.topic, p.partition) for p in partitions)
         self._forget(partitions)
 
     def on_commit(self, _err: KafkaError | None, _partitions: list[TopicPartition]) -> None:
@@ -304,6 +318,7 @@ class ExactlyOnce:
         if self.source is not None:
             self.source.forget(owned)  # nothing held back for them may be served first
         for tp in owned:
+            self._positions.rewind((tp.topic, tp.partition), tp.offset)
             self.consumer.seek(tp)
 
     def _reset(self) -> None:

@@ -159,15 +159,20 @@ def _shape(spec: tuple[str, tuple[int | None, ...]]) -> str:
 
 
 def probe(model: Model, rows: np.ndarray) -> None:
-    """Run `model` on `rows` (recent real events, or one zero row when there are none yet);
+    """Run `model` on `rows` (recent real events, or zero rows when there are none yet);
     ModelError unless it runs and every float output is finite."""
-    if len(rows) == 0:
-        rows = np.zeros((1, rows.shape[1] if rows.ndim == 2 else 0), dtype=np.float32)
+    if len(rows) < 2:  # two rows at least: a model that collapses the batch shows
+        rows = np.zeros((2, rows.shape[1] if rows.ndim == 2 else 0), dtype=np.float32)
     try:
         outputs = model.predict(rows)
     except Exception as exc:  # onnxruntime raises many types at run time
         raise ModelError(f"{model.path}: fails on a probe batch: {first_line(exc)}") from None
     for name, value in outputs.items():
+        if value.ndim == 0 or value.shape[0] != len(rows):
+            raise ModelError(
+                f"{model.path}: output {name!r} has shape {value.shape} for {len(rows)} rows "
+                "(one row out per row in)"
+            )
         if value.dtype.kind in "fc" and not np.isfinite(value).all():
             raise ModelError(f"{model.path}: output {name!r} is NaN or infinite on a probe batch")
 
@@ -224,6 +229,8 @@ def load_variant_models(topology: Topology, *, every_version: bool = False) -> L
             try:
                 model = load_model(file.path, n, topology.outputs, file.version)
                 model = check_compatible(variant.name, reference or serving or model, model)
+                # What a running agent checks before a swap, a starting one checks too.
+                probe(model, np.zeros((0, n), dtype=np.float32))
             except ModelError as exc:
                 refused[file.version] = str(exc)
                 continue

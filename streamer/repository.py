@@ -12,7 +12,6 @@ written is not offered until it has been left alone for `SETTLE_S`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +24,19 @@ SETTLE_S = 1.0
 """A version file modified more recently than this may still be being written."""
 
 
+Signature = tuple[int, int, int]
+"""(size, mtime_ns, ctime_ns) of a version's file."""
+
+
 @dataclass(frozen=True)
 class ModelFile:
     """One version of a variant's model on disk."""
 
     version: str
     path: Path
-    signature: tuple[int, int]
-    """(size, mtime_ns): a file replaced in place is a new candidate."""
+    signature: Signature
+    """(size, mtime_ns, ctime_ns): a file replaced in place, or made readable, is a new
+    candidate."""
 
 
 def is_directory(spec: VariantSpec) -> bool:
@@ -46,15 +50,15 @@ def version_key(version: str) -> tuple[int, str]:
 
 
 def _numeric(name: str) -> bool:
-    return name.isascii() and name.isdigit()  # "²".isdigit() too, and int() refuses it
+    """A version number as Triton writes it: ASCII digits ("²".isdigit() too), no leading
+    zero (7 and 007 would be one version twice)."""
+    return name.isascii() and name.isdigit() and (name == "0" or not name.startswith("0"))
 
 
-def scan(
-    spec: VariantSpec, settle_s: float = 0.0, clock: Callable[[], float] = time.time
-) -> dict[str, ModelFile]:
+def scan(spec: VariantSpec) -> dict[str, ModelFile]:
     """The variant's versions on disk, lowest first: for a model file, the file itself (its
-    version is `version` or the file's stem); for a directory, every `N/model.onnx` left
-    alone for `settle_s`. Missing or unreadable paths give no versions."""
+    version is `version` or the file's stem); for a directory, every `N/model.onnx`.
+    Missing or unreadable paths give no versions."""
     if not spec.model.is_dir():
         found = _model_file(spec.version or spec.model.stem, spec.model)
         return {found.version: found} if found is not None else {}
@@ -63,15 +67,29 @@ def scan(
         entries = list(spec.model.iterdir())
     except OSError:
         return versions
-    settled_before = clock() - settle_s
     for entry in entries:
         if not (_numeric(entry.name) and int(entry.name) > 0):
             continue
         found = _model_file(entry.name, entry / MODEL_FILE)
-        # settle_s 0 takes every file, even one stamped ahead of this clock (clock skew).
-        if found is not None and (settle_s <= 0 or found.signature[1] / 1e9 <= settled_before):
+        if found is not None:
             versions[found.version] = found
     return dict(sorted(versions.items(), key=lambda kv: version_key(kv[0])))
+
+
+def settled(
+    found: Mapping[str, ModelFile],
+    previous: Mapping[str, ModelFile],
+    now: float,
+    settle_s: float = SETTLE_S,
+) -> dict[str, ModelFile]:
+    """The versions of `found` that are not being written any more: left alone for
+    `settle_s`, or unchanged since the `previous` scan (a file stamped ahead of this clock,
+    by clock skew or a copy that keeps times, settles that way)."""
+    return {
+        v: f
+        for v, f in found.items()
+        if f.signature[1] / 1e9 <= now - settle_s or previous.get(v) == f
+    }
 
 
 def _model_file(version: str, path: Path) -> ModelFile | None:
@@ -81,7 +99,7 @@ def _model_file(version: str, path: Path) -> ModelFile | None:
         return None
     if not path.is_file():
         return None
-    return ModelFile(version, path, (stat.st_size, stat.st_mtime_ns))
+    return ModelFile(version, path, (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
 
 
 def preferred(

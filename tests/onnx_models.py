@@ -141,3 +141,56 @@ def write_slow_model(path: Path, *, width: int = 1024, layers: int = 8) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.SerializeToString())
     return path
+
+
+def write_nan_model(path: Path) -> Path:
+    """Shaped like `write_tiny_model` but every output is NaN for a zero row (0 / 0): a
+    model that loads and fits, and must still never serve."""
+    nodes = [
+        helper.make_node("Div", ["features", "features"], ["ratio"]),
+        helper.make_node("MatMul", ["ratio", "w"], ["probabilities"]),
+        helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nan",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 4])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2]),
+        ],
+        initializer=[helper.make_tensor("w", TensorProto.FLOAT, [4, 2], [0.5] * 8)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def write_collapsing_model(path: Path) -> Path:
+    """Shaped like `write_tiny_model` on paper, but it sums the whole batch into one row."""
+    nodes = [
+        helper.make_node("ReduceSum", ["features", "axes"], ["total"], keepdims=1),
+        helper.make_node("MatMul", ["total", "w"], ["probabilities"]),
+        helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "collapse",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 4])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2]),
+        ],
+        initializer=[
+            helper.make_tensor("w", TensorProto.FLOAT, [4, 2], [0.5] * 8),
+            helper.make_tensor("axes", TensorProto.INT64, [1], [0]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    return path

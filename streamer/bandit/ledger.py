@@ -181,8 +181,14 @@ class Ledger:
         if index is None or event_id in self.pending or event_id in self.closed:
             return  # an unknown variant, or a repeat (at-least-once): counted once
         if replayed and t + self.settings.window_s <= self.restored_as_of:
-            self._close(event_id, index, t + self.settings.window_s, rewarded=False)
-            return  # its window had closed, and was counted, before the checkpoint
+            # Its window had closed, and was counted, before the checkpoint; a re-read
+            # reward waiting for it was counted with it then.
+            early = self.waiting.get(event_id)
+            rewarded = early is not None and early[2]
+            if rewarded:
+                del self.waiting[event_id]
+            self._close(event_id, index, t + self.settings.window_s, rewarded=rewarded)
+            return
         early = self.waiting.pop(event_id, None)
         if early is not None:
             reward, arrived, early_replayed = early

@@ -4,6 +4,7 @@ new control records that are checked against the topology before they are sent."
 from __future__ import annotations
 
 import getpass
+import math
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -145,12 +146,49 @@ Change = Callable[[ControlRecord, ControlState], ControlRecord]
 """Given the record in force (or the topology's defaults) and the state: the new record."""
 
 
+WRITE_ATTEMPTS = 3
+"""How often a write is rebuilt when another one slipped in between its read and its write."""
+
+
 def apply(topology: Topology, what: str, change: Change) -> tuple[int, str]:
     """Build the new record from the one in force, check it against the topology, write it;
-    returns its offset and what changed. StreamerError (one line) for a bad request."""
+    returns its offset and what changed. StreamerError (one line) for a bad request.
+
+    Two people writing at once must not lose a change: when another record was written
+    between this one's read and its write, the change is applied again on top of that
+    record and written again (a rollback is taken as written: it names a record)."""
     topic = _control_topic(topology)
     state = read_state(topology)
     base = _in_force_record(topology, state)
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            stamped = _stamped(topology, what, change, base, state)
+        except StreamerError:
+            if not attempt:
+                raise
+            # The other write already did it (enabled what we enable, say): put its
+            # record back in force, since ours overwrote it.
+            offset = publish(topology.kafka, topic, topology.name, base.to_json())
+            return offset, "nothing changed (a concurrent write did the same)"
+        diff = describe_change(base, stamped)
+        read_up_to = state.current.entry.offset if state.current else -1
+        offset = publish(topology.kafka, topic, topology.name, stamped.to_json())
+        if what == "rollback":
+            break
+        state = read_state(topology)
+        between = [j for j in state.history if read_up_to < j.entry.offset < offset]
+        if not between:
+            break
+        # Someone else's record went in first: ours overwrote it. Redo ours on top of it.
+        newest = next((j for j in reversed(between) if j.record is not None), None)
+        base = newest.record if newest is not None and newest.record else base
+    return offset, diff
+
+
+def _stamped(
+    topology: Topology, what: str, change: Change, base: ControlRecord, state: ControlState
+) -> ControlRecord:
+    """The changed record, stamped as a person's and checked against the topology."""
     try:
         new = change(base, state)
     except ControlRejected as exc:
@@ -167,9 +205,7 @@ def apply(topology: Topology, what: str, change: Change) -> tuple[int, str]:
         resolve(topology, stamped, state.directories)
     except ControlRejected as exc:
         raise StreamerError(f"{topology.source}: {what}: {exc}") from None
-    diff = describe_change(base, stamped)
-    offset = publish(topology.kafka, topic, topology.name, stamped.to_json())
-    return offset, diff
+    return stamped
 
 
 def _in_force_record(topology: Topology, state: ControlState) -> ControlRecord:
@@ -197,8 +233,8 @@ def set_weights(topology: Topology, weights: Mapping[str, float]) -> Change:
     def change(base: ControlRecord, _state: ControlState) -> ControlRecord:
         for name, w in weights.items():
             _served(topology, name)
-            if not w >= 0:
-                raise ControlRejected(f"weight of {name} is {w}; weights are >= 0")
+            if not (math.isfinite(w) and w >= 0):
+                raise ControlRejected(f"weight of {name} is {w}; weights are finite and >= 0")
         total = sum(weights.values())
         if total <= 0:
             raise ControlRejected("weights must have a positive sum")
@@ -348,8 +384,15 @@ def show(topology: Topology) -> list[str]:
         lines.append(f"newest: offset {current.entry.offset}: {current.problem}")
     live = [a for a in state.agents if a.live]
     lines.append(f"agents: {len(live)} reporting")
-    for a in state.agents:
+    for a in live:
         lines.extend(_agent_lines(a))
+    gone = [a for a in state.agents if not a.live]
+    if gone:
+        # Killed agents leave no tombstone; their last report stays until compaction.
+        last = min(a.age_s for a in gone)
+        lines.append(
+            f"  and {len(gone)} not reporting (stopped or dead; the latest {_age(last)} ago)"
+        )
     return lines
 
 
@@ -357,11 +400,9 @@ def _agent_lines(report: AgentReport) -> list[str]:
     s = report.status
     control = s.get("control") or {}
     applied = f"control offset {control['offset']}" if control else "no control record"
-    state = "" if report.live else "  NOT REPORTING (stopped or dead?)"
     partitions = ", ".join(map(str, s.get("partitions", []))) or "none"
     lines = [
-        f"  {report.agent}: reported {_age(report.age_s)} ago, partitions {partitions}, "
-        f"{applied}{state}"
+        f"  {report.agent}: reported {_age(report.age_s)} ago, partitions {partitions}, {applied}"
     ]
     rejected = s.get("control_rejected")
     if rejected:

@@ -33,7 +33,7 @@ from streamer.control.topic import Entry, TopicReader
 from streamer.kafka.clients import make_producer
 from streamer.metrics import Metrics
 from streamer.models import Model, ModelError, check_compatible, load_model, probe
-from streamer.repository import SETTLE_S, ModelFile, is_directory, scan, version_key
+from streamer.repository import ModelFile, Signature, is_directory, scan, settled, version_key
 from streamer.variants import Variants
 
 log = logging.getLogger("streamer.control")
@@ -106,10 +106,12 @@ class LiveControl:
         self._files: dict[str, dict[str, ModelFile]] = {
             v.name: scan(v) for v in topology.variants if is_directory(v)
         }
-        self._serving_sig: dict[str, tuple[int, int] | None] = {
+        self._seen: dict[str, dict[str, ModelFile]] = dict(self._files)
+        """Variant -> every version file seen at the last scan, settled or not."""
+        self._serving_sig: dict[str, Signature | None] = {
             name: _signature(files, self._serving[name]) for name, files in self._files.items()
         }
-        self._refused: dict[str, dict[str, tuple[tuple[int, int], str]]] = {}
+        self._refused: dict[str, dict[str, tuple[Signature, str]]] = {}
         self._record: ControlRecord | None = None
         self._in_force: Entry | None = None
         self._plan = resolve(topology, None, self._directories())
@@ -192,6 +194,8 @@ class LiveControl:
                     entry.offset,
                 )
                 return False
+            if record is not None:
+                self._look_for_pins(record)
             plan = resolve(self.topology, record, self._directories())
             self._converge(plan, pinned_strictly=True)
         except ControlRejected as exc:
@@ -214,14 +218,29 @@ class LiveControl:
     def _directories(self) -> dict[str, list[str]]:
         return {name: list(files) for name, files in self._files.items()}
 
+    def _look_for_pins(self, record: ControlRecord) -> None:
+        """A pinned version this agent has not seen yet (written since its last scan, or
+        not settled yet) is looked for now: the person asked for it by name."""
+        for name, version in record.versions.items():
+            files = self._files.get(name)
+            if files is not None and version not in files:
+                found = scan(self._specs[name]).get(version)
+                if found is not None:
+                    ordered = sorted(
+                        {**files, version: found}.items(), key=lambda kv: version_key(kv[0])
+                    )
+                    self._files[name] = dict(ordered)
+
     def _rescan(self) -> None:
         """Look for new (or removed) versions and serve what the plan says."""
+        now = time.time()
         for name, previous in self._files.items():
-            spec = self._specs[name]
-            found = scan(spec, SETTLE_S)
+            raw = scan(self._specs[name])
+            found = settled(raw, self._seen.get(name, {}), now)
+            self._seen[name] = raw
             # A known version whose file is being rewritten stays as it was until it
             # settles (it must not look removed, or an older version would step in).
-            for version in scan(spec).keys() - found.keys():
+            for version in raw.keys() - found.keys():
                 if version in previous:
                     found[version] = previous[version]
             self._files[name] = dict(sorted(found.items(), key=lambda kv: version_key(kv[0])))
@@ -231,7 +250,7 @@ class LiveControl:
         """Load the model each directory variant should serve under `plan`, then stage the
         plan. With `pinned_strictly`, a pinned version that cannot serve rejects the plan
         (ControlRejected) instead of leaving the current model serving."""
-        swaps: dict[str, tuple[Model, tuple[int, int]]] = {}
+        swaps: dict[str, tuple[Model, Signature]] = {}
         for name in self._files:
             pin = plan.pins.get(name)
             try:
@@ -257,7 +276,7 @@ class LiveControl:
             )
         self.variants.stage(plan.weights, plan.shadows, {name: m for name, (m, _) in swaps.items()})
 
-    def _choose(self, name: str, pin: str | None) -> tuple[Model, tuple[int, int]] | None:
+    def _choose(self, name: str, pin: str | None) -> tuple[Model, Signature] | None:
         """A new model for `name` (pinned version, else the highest that serves), or None
         to keep the current one. ModelError if a pinned version cannot serve."""
         files = self._files[name]
@@ -326,7 +345,15 @@ class LiveControl:
                 entry["versions"] = list(self._files[spec.name])
                 entry["pinned"] = plan.pins.get(spec.name)
                 refused = self._refused.get(spec.name, {})
-                entry["rejected"] = {v: why for v, (_, why) in refused.items()}
+                on_disk = self._files[spec.name]
+                entry["rejected"] = {
+                    v: why
+                    for v, (sig, why) in refused.items()
+                    # still the refused file on disk, and not the one serving
+                    if v in on_disk
+                    and on_disk[v].signature == sig
+                    and self._serving_sig[spec.name] != sig
+                }
             variants[spec.name] = entry
         applied = None
         if self._in_force is not None:
@@ -366,7 +393,7 @@ class LiveControl:
             log.debug("status report not queued: producer queue full")
 
 
-def _signature(files: Mapping[str, ModelFile], model: Model) -> tuple[int, int] | None:
+def _signature(files: Mapping[str, ModelFile], model: Model) -> Signature | None:
     found = files.get(model.version)
     return found.signature if found is not None and found.path == model.path else None
 

@@ -248,11 +248,14 @@ def wait_for_cluster(
             time.sleep(0.05)
         finally:
             admin.poll(0)  # serves error_cb: librdkafka's reason, kept by `last`
+        if last.error is not None and last.error.code() in _CREDENTIAL_ERRORS:
+            break  # refused credentials stay refused: no point waiting out the timeout
     if cancelled():
         return admin
+    refused = last.error is not None and last.error.code() in _CREDENTIAL_ERRORS
+    when = "" if refused else f" within {timeout_s:.0f}s"
     raise KafkaUnavailable(
-        f"cannot reach Kafka at {kafka.bootstrap_servers} within {timeout_s:.0f}s"
-        f"{last.reason()} ({last.hint()})"
+        f"cannot reach Kafka at {kafka.bootstrap_servers}{when}{last.reason()} ({last.hint()})"
     )
 
 

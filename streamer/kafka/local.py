@@ -428,6 +428,12 @@ def _check_mode(broker: LocalKafka) -> None:
     if not _formatted(broker):
         return
     security = _load_security(broker) if broker.security_file.exists() else None
+    if broker.sasl_ssl and security is None and broker.security_file.exists():
+        raise LocalKafkaError(
+            f"{broker.home} was formatted for SASL_SSL but {broker.password_file.name} or "
+            f"{broker.security_file.name} there is missing or damaged; "
+            "choose another --data-dir or --port"
+        )
     if broker.sasl_ssl and security is None:
         raise LocalKafkaError(
             f"{broker.home} holds a PLAINTEXT broker (formatted without SASL users); "

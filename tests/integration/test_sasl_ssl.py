@@ -114,6 +114,11 @@ def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip() and not line[:4].isdigit()]
 
 
+def _clients(broker: LocalKafka) -> dict[str, str]:
+    """What a producer or consumer of the secure broker needs, password included."""
+    return {**client_config(broker), "bootstrap.servers": broker.bootstrap}
+
+
 def _produce(config: dict[str, str], topic: str, items: list[tuple[str, bytes]]) -> None:
     producer = Producer({**config, "linger.ms": 5, "enable.idempotence": True})
     for key, value in items:
@@ -189,7 +194,7 @@ def test_engine_and_controller_run_through_sasl_ssl(
     topology = _topology(broker, demo_models, tmp_path, result.topology_config)
     assert topology.bandit is not None and topology.routing.control_topic is not None
     create_topics(topology)
-    config = client_config(broker)
+    config = _clients(broker)
     ids = [f"s{i}" for i in range(EVENTS)]
     events = [
         (key, TRANSACTION.encode({**e, "id": key}))

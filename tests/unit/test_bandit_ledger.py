@@ -955,3 +955,18 @@ def test_second_reward_after_a_restart_is_still_a_duplicate() -> None:
     b.decision("e1", "champion", 0.5, T0, 0)
     b.feedback(fb("e1", 1.0), T0 + 5, 0)
     assert b.feedback(fb("e1", 0.0), T0 + WINDOW + 2, 1) is Result.DUPLICATE
+
+
+def test_a_reward_reread_before_its_long_closed_decision_is_not_counted_again() -> None:
+    s = settings(default_reward=0.0)
+    a = Ledger(s)
+    a.decision("e1", "champion", 0.5, T0, 0)
+    a.feedback(fb("e1", 1.0), T0 + 5, 0)
+    cp = a.checkpoint(T0 + 3 * WINDOW)  # e1's window closed long before the checkpoint
+    assert cp.results == {"joined": 1}
+    b = Ledger(s, cp)
+    b.feedback(fb("e1", 1.0), T0 + 5, 0)  # re-read first: it waits for its decision
+    b.decision("e1", "champion", 0.5, T0, 0)  # re-read: closed before the checkpoint
+    assert b.feedback(fb("e1", 0.0), T0 + 3 * WINDOW + 1, 1) is Result.DUPLICATE
+    b.expire(T0 + 10 * WINDOW)
+    assert b.results == Counter({"joined": 1, "duplicate": 1}) and b.waiting == {}

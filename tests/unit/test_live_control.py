@@ -26,7 +26,7 @@ from streamer.metrics import Metrics
 from streamer.models import load_variant_models
 from streamer.repository import MODEL_FILE, SETTLE_S
 from streamer.variants import Variants
-from tests.onnx_models import write_tiny_model
+from tests.onnx_models import write_collapsing_model, write_nan_model, write_tiny_model
 
 TOPOLOGY = "fraud"
 
@@ -492,3 +492,29 @@ def test_a_serving_version_rewritten_in_place_and_broken_keeps_its_copy_in_memor
     assert "2" in rig.live.status()["variants"]["a"]["rejected"]
     rig.live._rescan()  # refused once, not tried again while the file stays as it is
     assert rig.reloads("rejected") == 1 and rig.serving() == "2"
+
+
+def test_a_starting_agent_probes_like_a_running_one_and_skips_a_nan_version(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    version(models / "a", 1)
+    settled(write_nan_model(models / "a" / "2" / MODEL_FILE))
+    rig = make_rig(tmp_path, versions=())
+    assert rig.serving() == "1"
+    loaded = load_variant_models(rig.topology)
+    assert "NaN or infinite on a probe batch" in loaded.refused["a"]["2"]
+
+
+def test_a_version_written_just_before_its_pin_is_found_for_the_pin(rig: Rig) -> None:
+    write_tiny_model(rig.models / "2" / MODEL_FILE)  # this instant: not settled for a scan
+    assert rig.receive({"weights": {"a": 0.5, "b": 0.5}, "versions": {"a": "2"}}, 1)
+    assert rig.serving() == "2"
+
+
+def test_a_model_that_collapses_the_batch_is_refused(rig: Rig) -> None:
+    settled(write_collapsing_model(rig.models / "2" / MODEL_FILE))
+    rig.live._rescan()
+    assert rig.serving() == "1"
+    why = rig.live.status()["variants"]["a"]["rejected"]["2"]
+    assert "one row out per row in" in why
