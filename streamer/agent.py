@@ -372,8 +372,7 @@ class Agent:
             )
             self.recent.keep(result.features)
             batch = committer.begin(messages, lambda: self._count(result), self._rescuer(result))
-            for record in result.records:
-                committer.produce(batch, record)
+            committer.produce(batch, result.records)
         except Exception as exc:
             if batch is not None:
                 committer.abandon(batch)

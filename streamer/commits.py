@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from streamer.assembly import InputMessage, Kind, Outgoing, coordinates
 from streamer.errors import DeliveryFailed
-from streamer.kafka.clients import KafkaBatchSource, produce, retrying
+from streamer.kafka.clients import KafkaBatchSource, produce, produce_many, retrying
 from streamer.metrics import Metrics
 
 log = logging.getLogger("streamer.commits")
@@ -174,8 +174,8 @@ class Committer(Protocol):
         """The messages a batch may serve (see `Positions`)."""
         ...
 
-    def produce(self, batch: InFlightBatch, record: Outgoing) -> None:
-        """Send one record of `batch`."""
+    def produce(self, batch: InFlightBatch, records: Sequence[Outgoing]) -> None:
+        """Send the records of `batch`."""
         ...
 
     def abandon(self, batch: InFlightBatch) -> None:
@@ -268,8 +268,8 @@ class AtLeastOnce:
         self._positions.served(messages)
         return self._in_flight.open((coordinates(m) for m in messages), messages, on_done, rescue)
 
-    def produce(self, batch: InFlightBatch, record: Outgoing) -> None:
-        produce_record(self.producer, batch, record)
+    def produce(self, batch: InFlightBatch, records: Sequence[Outgoing]) -> None:
+        produce_records(self.producer, batch, records)
 
     def abandon(self, batch: InFlightBatch) -> None:
         batch.abandoned = True
@@ -444,10 +444,42 @@ class AtLeastOnce:
             self.source.forget(partitions)
 
 
+def produce_records(producer: Producer, batch: InFlightBatch, records: Sequence[Outgoing]) -> None:
+    """Send a batch's records, tracking each one's acknowledgement: dead letters one by one
+    (they carry headers), the rest per topic in one `produce_batch` call, in order. A record
+    refused for its size (by librdkafka before sending, or by the broker) goes to the
+    batch's rescue: an output becomes a dead letter, a lake entry is dropped."""
+    by_topic: dict[str, list[Outgoing]] = {}
+    for record in records:
+        if record.kind is Kind.DEAD_LETTER:
+            produce_record(producer, batch, record)
+        else:
+            by_topic.setdefault(record.topic, []).append(record)
+    for topic, group in by_topic.items():
+
+        def delivered(err: KafkaError | None, msg: Message, group: list[Outgoing] = group) -> None:
+            if err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                batch.outstanding -= 1
+                _refused(producer, batch, _find(group, msg), err.str())
+                return
+            batch.on_delivery(err, msg)
+
+        refused = produce_many(producer, topic, [(r.key, r.value) for r in group], delivered)
+        batch.outstanding += len(group) - len(refused)
+        for index, err in refused:
+            if err.code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                raise KafkaException(err)
+            _refused(producer, batch, group[index], err.str())
+
+
+def _find(group: list[Outgoing], msg: Message) -> Outgoing:
+    """The record a delivery report is about (only on the rare size-refusal path)."""
+    key, value = msg.key(), msg.value()
+    return next(r for r in group if r.key == key and r.value == value)
+
+
 def produce_record(producer: Producer, batch: InFlightBatch, record: Outgoing) -> None:
-    """Send one record of `batch`, tracking its acknowledgement. A record refused for its
-    size (by librdkafka before sending, or by the broker) goes to the batch's rescue: an
-    output becomes a dead letter, a lake entry is dropped."""
+    """Send one record of `batch`, tracking its acknowledgement (see `produce_records`)."""
     try:
         _send(producer, batch, record)
     except KafkaException as exc:

@@ -27,7 +27,7 @@ from streamer.commits import (
     Partition,
     Positions,
     Rescue,
-    produce_record,
+    produce_records,
 )
 from streamer.errors import DeliveryFailed, StreamerError
 from streamer.kafka.clients import KafkaBatchSource
@@ -123,8 +123,8 @@ class ExactlyOnce:
         self._batches.append(batch)
         return batch
 
-    def produce(self, batch: InFlightBatch, record: Outgoing) -> None:
-        produce_record(self.producer, batch, record)
+    def produce(self, batch: InFlightBatch, records: Sequence[Outgoing]) -> None:
+        produce_records(self.producer, batch, records)
 
     def abandon(self, batch: InFlightBatch) -> None:
         batch.abandoned = True

@@ -172,6 +172,35 @@ def produce(
             producer.poll(0.05)
 
 
+def produce_many(
+    producer: Producer,
+    topic: str,
+    items: list[tuple[bytes | None, bytes | None]],
+    on_delivery: Callable[[KafkaError | None, Message], None],
+) -> list[tuple[int, KafkaError]]:
+    """(key, value) records to one topic in one `produce_batch` call (a fraction of the
+    per-record cost of `produce`; no headers), waiting while the local queue is full.
+    Returns (index, error) of the records librdkafka refused before sending any."""
+    pending = list(range(len(items)))
+    refused: list[tuple[int, KafkaError]] = []
+    while pending:
+        batch: list[dict[str, Any]] = [{"key": items[i][0], "value": items[i][1]} for i in pending]
+        producer.produce_batch(topic, batch, on_delivery=on_delivery)
+        full = []
+        for i, message in zip(pending, batch, strict=True):
+            err = message.get("_error")
+            if err is None:
+                continue
+            if err.code() == KafkaError._QUEUE_FULL:
+                full.append(i)
+            else:
+                refused.append((i, err))
+        pending = full
+        if pending:
+            producer.poll(0.05)
+    return refused
+
+
 def make_admin(
     kafka: KafkaSettings, on_error: ErrorHook | None = None, *, quiet: bool = False
 ) -> AdminClient:

@@ -49,12 +49,32 @@ class Msg:
 
 
 @dataclass
+class Delivered:
+    """A delivery report's message: the record as sent."""
+
+    t: str
+    k: bytes | None
+    v: bytes | None
+
+    def topic(self) -> str:
+        return self.t
+
+    def key(self) -> bytes | None:
+        return self.k
+
+    def value(self) -> bytes | None:
+        return self.v
+
+
+@dataclass
 class Sent:
     topic: str
     callback: Delivery
+    key: bytes | None = None
+    value: bytes | None = None
 
     def ack(self, err: KafkaError | None = None) -> None:
-        self.callback(err, Msg(self.topic, 0, 0))
+        self.callback(err, Delivered(self.topic, self.key, self.value))
 
 
 @dataclass
@@ -66,7 +86,19 @@ class FakeProducer:
     def produce(self, topic: str, value: bytes, key: bytes, **kw: Any) -> None:
         if self.refuse_over is not None and len(value) > self.refuse_over:
             raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
-        self.sent.append(Sent(topic, kw["on_delivery"]))
+        self.sent.append(Sent(topic, kw["on_delivery"], key, value))
+
+    def produce_batch(
+        self, topic: str, messages: list[dict[str, Any]], on_delivery: Delivery
+    ) -> int:
+        queued = 0
+        for message in messages:
+            if self.refuse_over is not None and len(message["value"]) > self.refuse_over:
+                message["_error"] = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+                continue
+            self.sent.append(Sent(topic, on_delivery, message["key"], message["value"]))
+            queued += 1
+        return queued
 
     def poll(self, _timeout: float = 0) -> int:
         return 0
@@ -123,8 +155,8 @@ def test_offsets_commit_after_every_record_is_acknowledged_and_count_then() -> N
     committer, consumer, producer, _ = make()
     done: list[int] = []
     batch = begin(committer, 0, 1, 2, done=done)
-    committer.produce(batch, out())
-    committer.produce(batch, out(Kind.LAKE))
+    committer.produce(batch, [out()])
+    committer.produce(batch, [out(Kind.LAKE)])
     committer.poll()
     assert consumer.commits == [] and done == []
     producer.sent[0].ack()
@@ -139,12 +171,12 @@ def test_offsets_commit_after_every_record_is_acknowledged_and_count_then() -> N
 def test_an_abandoned_batch_and_everything_after_it_are_never_committed() -> None:
     committer, consumer, producer, _ = make()
     first = begin(committer, 0)
-    committer.produce(first, out())
+    committer.produce(first, [out()])
     broken = begin(committer, 1)
-    committer.produce(broken, out())
+    committer.produce(broken, [out()])
     committer.abandon(broken)
     after = begin(committer, 2)
-    committer.produce(after, out())
+    committer.produce(after, [out()])
     for sent in producer.sent:
         sent.ack()
     committer.close(1.0)
@@ -162,7 +194,7 @@ def test_a_record_refused_for_size_is_replaced_by_the_rescue_in_the_same_batch()
         return out(Kind.DEAD_LETTER, record.source)
 
     batch = committer.begin([Msg("in", 0, 5), Msg("in", 0, 6)], lambda: None, rescue)
-    committer.produce(batch, out(Kind.OUTPUT, source=1))
+    committer.produce(batch, [out(Kind.OUTPUT, source=1)])
     producer.sent[0].ack(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
     ((record, offset, why),) = rescued
     assert (record.kind, offset) == (Kind.OUTPUT, 6) and "too large" in why
@@ -184,7 +216,7 @@ def test_a_record_refused_before_sending_is_rescued_too() -> None:
         return None  # a lake record: dropped
 
     batch = committer.begin([Msg("in", 0, 0)], lambda: None, rescue)
-    committer.produce(batch, out(Kind.LAKE, value=b"too long"))
+    committer.produce(batch, [out(Kind.LAKE, value=b"too long")])
     assert [r.kind for r in rescued] == [Kind.LAKE]
     assert producer.sent == []
     assert batch.done
@@ -193,7 +225,7 @@ def test_a_record_refused_before_sending_is_rescued_too() -> None:
 def test_a_refused_dead_letter_is_a_loss_that_names_the_topic() -> None:
     committer, consumer, producer, _ = make()
     batch = begin(committer, 0)
-    committer.produce(batch, out(Kind.DEAD_LETTER))
+    committer.produce(batch, [out(Kind.DEAD_LETTER)])
     producer.sent[0].ack(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
     with pytest.raises(DeliveryFailed, match="dlq: "):
         committer.poll()
@@ -203,7 +235,7 @@ def test_a_refused_dead_letter_is_a_loss_that_names_the_topic() -> None:
 def test_wait_for_room_returns_when_stopping_even_if_nothing_is_acknowledged() -> None:
     committer, _, _, _ = make(max_in_flight=1)
     batch = begin(committer, 0)
-    committer.produce(batch, out())
+    committer.produce(batch, [out()])
     turns: list[int] = []
 
     def stopping() -> bool:
@@ -225,7 +257,7 @@ def test_revoked_partitions_are_not_committed_any_more() -> None:
     committer, consumer, producer, _ = make()
     committer.on_revoke(cast(Consumer, consumer), [TopicPartition("in", 0)])
     batch = begin(committer, 9)
-    committer.produce(batch, out())
+    committer.produce(batch, [out()])
     producer.sent[0].ack()
     committer.poll()
     assert consumer.commits == []
@@ -234,7 +266,7 @@ def test_revoked_partitions_are_not_committed_any_more() -> None:
 def test_a_failed_asynchronous_commit_is_made_again_without_new_batches() -> None:
     committer, consumer, producer, _ = make()
     batch = begin(committer, 0, 1)
-    committer.produce(batch, out())
+    committer.produce(batch, [out()])
     producer.sent[0].ack()
     committer.poll()
     assert consumer.commits == [([("in", 0, 2)], True)]
@@ -282,7 +314,7 @@ def test_waiting_for_room_keeps_serving_the_paused_consumer(
     )
     committer.on_assign(cast(Consumer, consumer), [TopicPartition("in", 0)])
     batch = begin(committer, 0)
-    committer.produce(batch, out())
+    committer.produce(batch, [out()])
     checks: list[int] = []
     monkeypatch.setattr(commits, "PAUSE_AFTER_S", 0.0)  # a wait that lasts
 
@@ -301,7 +333,7 @@ def test_a_commit_overtaken_by_an_older_one_is_made_again() -> None:
     committer, consumer, producer, _ = make()
     for offset in (0, 1):
         batch = begin(committer, offset)
-        committer.produce(batch, out())
+        committer.produce(batch, [out()])
         producer.sent[-1].ack()
         committer.poll()
     # The coordinator answered the newer commit first, then a retried older one.
