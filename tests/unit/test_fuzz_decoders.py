@@ -12,7 +12,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import fastavro
@@ -81,8 +81,8 @@ beyond = st.one_of(
 """Feature values that are NaN, infinite or outside float32: `non_finite`."""
 with_surrogates = st.one_of(st.characters(), st.characters(categories=["Cs"]))
 any_text = st.lists(with_surrogates, max_size=20).map("".join)
-# (st.text() over that alphabet almost never draws a surrogate: it favours other characters.)
-"""Text including lone surrogates (which a JSON \\udXXX escape produces)."""
+"""Text including lone surrogates, which a JSON \\udXXX escape produces (st.text() over the
+same alphabet almost never draws one)."""
 json_values = st.recursive(
     st.none() | st.booleans() | st.floats() | st.integers() | any_text,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4),
@@ -450,10 +450,17 @@ def test_huge_avro_strings_are_served() -> None:
     assert batch.records[0]["id"] == MB
 
 
-def test_a_huge_avro_length_prefix_is_undecodable_at_once() -> None:
-    # id's length prefix claims 2**62 bytes: EOF, not an allocation of that size.
-    value = b"\xff\xff\xff\xff\xff\xff\xff\xff\x7f" + b"x" * 10
-    batch = decode_batch([value], AVRO, FEATURES)
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        b"\x80" * 9 + b"\x01",  # zigzag 2**63: a string of 2**62 bytes
+        b"\xff" * 8 + b"\x7f",  # a string of -2**62 bytes
+        b"\x09",  # a string of -5 bytes
+    ],
+)
+def test_an_absurd_avro_length_prefix_is_undecodable_at_once(prefix: bytes) -> None:
+    """The id's length prefix claims what is not there: EOF, not an allocation of that size."""
+    batch = decode_batch([prefix + b"x" * 10], AVRO, FEATURES)
     assert [err.reason for _, err in batch.rejected] == [Reason.UNDECODABLE]
 
 
@@ -629,7 +636,7 @@ def served_json(draw: st.DrawFn) -> Case:
     """A valid JSON event with an `id` field of any type (or none)."""
     record: dict[str, Any] = {name: draw(moderate) for name in FEATURES}
     if draw(st.booleans()):
-        record["id"] = draw(json_values)
+        record["id"] = draw(st.one_of(any_text, json_values))
     return Case("valid", _dumps(record, True), None, tuple(record[f] for f in FEATURES))
 
 
@@ -675,3 +682,19 @@ def test_assemble_publishes_one_output_or_one_dead_letter_per_event(
     assert sum(out.served.values()) == len(answers) - dead.total()
     lake_sources = {r.source for r in out.records if r.kind is Kind.LAKE}
     assert lake_sources <= {r.source for r in answers if r.kind is Kind.OUTPUT}
+
+
+def test_an_oversized_key_makes_its_output_too_large(variants: VariantSet) -> None:
+    """The output repeats the key as its id: a 600 KB key makes it larger than the 1 MB limit,
+    and the event becomes a `too_large` dead letter (its key and value untouched)."""
+    limits = {"out": 1_000_000, "lake": 1_000_000}
+    dest = replace(DEST, max_bytes=limits)
+    value = _dumps(GOOD, True)
+    messages = [Message(b"k" * 600_000, value), Message(b"k" * 10_000, value, off=1)]
+    out = assemble(messages, JSON, variants, dest, SHADOWS, fetched_at=1_764_090_001.0)
+    answers = {r.source: r for r in out.records if r.kind is not Kind.LAKE}
+    assert answers[0].kind is Kind.DEAD_LETTER and answers[0].key is messages[0].key()
+    assert answers[0].headers is not None
+    assert dict(answers[0].headers)[ERROR_HEADER] == b"too_large"
+    assert answers[1].kind is Kind.OUTPUT
+    assert out.dead_letters == {Reason.TOO_LARGE: 1}
