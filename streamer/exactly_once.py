@@ -124,11 +124,23 @@ class ExactlyOnce:
         return batch
 
     def produce(self, batch: InFlightBatch, records: Sequence[Outgoing]) -> None:
-        produce_records(self.producer, batch, records)
+        try:
+            produce_records(self.producer, batch, records)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and (
+                err.txn_requires_abort() or err.code() == KafkaError._STATE
+            ):
+                # The transaction failed under this batch (a broker restart can leave the
+                # producer's sequence numbers behind): abort it and serve it all again.
+                self._abort(f"the transaction failed: {err.str()}")
+                return
+            raise
 
     def abandon(self, batch: InFlightBatch) -> None:
         batch.abandoned = True
-        self._abort("serving a batch raised")
+        if self._open_since is not None:  # not aborted already
+            self._abort("serving a batch raised")
 
     def poll(self) -> None:
         self.producer.poll(0)
