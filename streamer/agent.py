@@ -54,7 +54,7 @@ from streamer.kafka.clients import (
     reaches_cluster,
     wait_for_cluster,
 )
-from streamer.metrics import Metrics, MetricsServer, observe_many
+from streamer.metrics import Metrics, MetricsServer, observe_many, serve_metrics
 from streamer.models import Model, first_line, load_variant_models
 from streamer.records import Reason
 from streamer.variants import Variants
@@ -516,19 +516,17 @@ class Agent:
         return self._unready
 
     def _start_metrics_server(self) -> MetricsServer | None:
-        port = self.topology.metrics.port
-        if port is None:
-            return None
-        try:
-            server = MetricsServer(
-                self.metrics, port, self._healthy, self._readiness, self.topology.metrics.host
-            )
-        except OSError as exc:
-            raise StreamerError(
-                f"{self.topology.source}: metrics.port: cannot listen on {port}: {exc.strerror}"
-            ) from None
-        self.metrics_port = server.port
-        return server.start()
+        t = self.topology
+        server = serve_metrics(
+            self.metrics,
+            t.metrics.port,
+            t.metrics.host,
+            healthy=self._healthy,
+            ready=self._readiness,
+            where=f"{t.source}: metrics.port",
+        )
+        self.metrics_port = server.port if server is not None else None
+        return server
 
     def _healthy(self) -> bool:
         stalled_after = STALLED_AFTER_S + self.topology.batching.max_wait_ms / 1000.0

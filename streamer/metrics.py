@@ -11,6 +11,8 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from streamer.errors import StreamerError
+
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 LATENCY_BUCKETS = (
     0.0005,
@@ -239,6 +241,26 @@ def observe_many(histogram: Histogram, amounts: np.ndarray) -> None:
         if count:
             bucket.inc(count)
     histogram._sum.inc(float(amounts.sum()))  # noqa: SLF001
+
+
+def serve_metrics(
+    metrics: Registry,
+    port: int | None,
+    host: str,
+    *,
+    healthy: Callable[[], bool],
+    ready: Readiness,
+    where: str,
+) -> MetricsServer | None:
+    """Start /metrics /healthz /readyz on `port` (None: none); a port that cannot be bound
+    is a StreamerError naming `where` (the file and key that chose it)."""
+    if port is None:
+        return None
+    try:
+        server = MetricsServer(metrics, port, healthy, ready, host)
+    except OSError as exc:
+        raise StreamerError(f"{where}: cannot listen on {port}: {exc.strerror}") from None
+    return server.start()
 
 
 Readiness = Callable[[], str | None]

@@ -61,12 +61,7 @@ def write_tiny_model(
         [infos[o] for o in outputs],
         initializer=initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # loadable by every onnxruntime the project supports
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model.SerializeToString())
-    return path
+    return _save(graph, path)
 
 
 def write_lookup_model(path: Path, *, table_size: int = 10) -> Path:
@@ -98,12 +93,7 @@ def write_lookup_model(path: Path, *, table_size: int = 10) -> Path:
             ),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model.SerializeToString())
-    return path
+    return _save(graph, path)
 
 
 def write_slow_model(path: Path, *, width: int = 1024, layers: int = 8) -> Path:
@@ -135,12 +125,7 @@ def write_slow_model(path: Path, *, width: int = 1024, layers: int = 8) -> Path:
         ],
         initializer=initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model.SerializeToString())
-    return path
+    return _save(graph, path)
 
 
 def write_nan_model(path: Path) -> Path:
@@ -161,12 +146,7 @@ def write_nan_model(path: Path) -> Path:
         ],
         initializer=[helper.make_tensor("w", TensorProto.FLOAT, [4, 2], [0.5] * 8)],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model.SerializeToString())
-    return path
+    return _save(graph, path)
 
 
 def write_collapsing_model(path: Path) -> Path:
@@ -189,8 +169,16 @@ def write_collapsing_model(path: Path) -> Path:
             helper.make_tensor("axes", TensorProto.INT64, [1], [0]),
         ],
     )
+    return _save(graph, path, check=False)
+
+
+def _save(graph: onnx.GraphProto, path: Path, *, check: bool = True) -> Path:
+    """Write `graph` as a model every onnxruntime the project supports loads (opset 17, IR
+    8); `check=False` for a model the checker would refuse on purpose."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    if check:
+        onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.SerializeToString())
     return path

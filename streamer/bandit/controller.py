@@ -46,7 +46,7 @@ from streamer.kafka.clients import (
     retrying,
     wait_for_cluster,
 )
-from streamer.metrics import ControllerMetrics, MetricsServer
+from streamer.metrics import ControllerMetrics, MetricsServer, serve_metrics
 
 log = logging.getLogger("streamer.controller")
 
@@ -544,20 +544,16 @@ class Controller:
 
     # -- health ------------------------------------------------------------------------------------
     def _start_metrics_server(self) -> MetricsServer | None:
-        port = self.bandit.metrics_port
-        if port is None:
-            return None
-        try:
-            server = MetricsServer(
-                self.metrics, port, self._healthy, self._readiness, self.topology.metrics.host
-            )
-        except OSError as exc:
-            raise StreamerError(
-                f"{self.topology.source}: bandit.metrics_port: cannot listen on {port}: "
-                f"{exc.strerror}"
-            ) from None
-        self.metrics_port = server.port
-        return server.start()
+        server = serve_metrics(
+            self.metrics,
+            self.bandit.metrics_port,
+            self.topology.metrics.host,
+            healthy=self._healthy,
+            ready=self._readiness,
+            where=f"{self.topology.source}: bandit.metrics_port",
+        )
+        self.metrics_port = server.port if server is not None else None
+        return server
 
     def _healthy(self) -> bool:
         return time.monotonic() - self._heartbeat < 30.0

@@ -21,6 +21,7 @@ from streamer.demo.runner import (
     format_bandit,
     format_live_line,
     format_summary,
+    format_versions,
     live_variants,
 )
 from tests.conftest import ROOT
@@ -266,3 +267,85 @@ def test_rewards_that_never_join_hold_the_view_only_so_long() -> None:
     assert not ending.over(10.0 + SETTLE_TIMEOUT_S - 0.1, 100, lambda: False)
     assert not ending.over(10.0 + SETTLE_TIMEOUT_S, 100, lambda: False)
     assert ending.over(12.0 + SETTLE_TIMEOUT_S + SETTLE_MARGIN_S, 100, lambda: False)
+
+
+# The demo's live view and summary.
+
+
+def _plain_line(*variants: VariantLive) -> LiveLine:
+    return LiveLine(
+        elapsed=3.0, served=14_512, dead_letters=145, rate=5_010.4, variants=list(variants)
+    )
+
+
+def test_live_line_shows_weight_share_and_version_per_variant() -> None:
+    line = _plain_line(
+        VariantLive("champion", 0.9, 4_459, "fraud_v1"),
+        VariantLive("challenger", 0.1, 551, "1"),
+    )
+    assert format_live_line(line) == (
+        "t=  3.0s served 14,512 dl 145  5,010 ev/s"
+        " | champion w0.90 89% v fraud_v1 | challenger w0.10 11% v 1"
+    )
+
+
+def test_live_line_shows_disabled_variants_and_idle_seconds() -> None:
+    idle = _plain_line(
+        VariantLive("champion", 1.0, 0, "fraud_v1"), VariantLive("challenger", None, 0, "2")
+    )
+    assert format_live_line(idle).endswith(
+        " | champion w1.00   - v fraud_v1 | challenger off     - v 2"
+    )
+    promoted = _plain_line(
+        VariantLive("champion", None, 0, "fraud_v1"), VariantLive("challenger", 1.0, 9, "2")
+    )
+    assert format_live_line(promoted).endswith(
+        " | champion off    0% v fraud_v1 | challenger w1.00 100% v 2"
+    )
+
+
+def test_live_variants_count_what_each_variant_served_since_the_last_line() -> None:
+    variants = live_variants(
+        weights={"champion": 0.8, "challenger": 0.2},
+        versions={"champion": "fraud_v1", "challenger": "3", "candidate": "fraud_v3"},
+        before={"champion": 100, "challenger": 10, "canary": 5},
+        after={"champion": 180, "challenger": 30, "canary": 5},
+    )
+    assert variants == [
+        VariantLive("champion", 0.8, 80, "fraud_v1"),
+        VariantLive("challenger", 0.2, 20, "3"),
+        VariantLive("canary", None, 0, "?"),  # disabled, and no model known
+    ]
+    first = live_variants({"champion": 1.0}, {"champion": "fraud_v1"}, {}, {"champion": 7})
+    assert first == [VariantLive("champion", 1.0, 7, "fraud_v1")]
+
+
+def test_versions_list_each_variant_and_counts_only_when_one_changed() -> None:
+    assert format_versions({}) == "none"
+    assert (
+        format_versions({"challenger": {"1": 300}, "champion": {"fraud_v1": 2_700}})
+        == "challenger 1, champion fraud_v1"
+    )
+    # Numeric versions in numeric order (a new version was added while the demo ran).
+    assert (
+        format_versions({"challenger": {"10": 5, "2": 120, "1": 30}, "champion": {"fraud_v1": 9}})
+        == "challenger 1 (30) 2 (120) 10 (5), champion fraud_v1"
+    )
+
+
+def test_summary_shows_the_split_and_model_versions() -> None:
+    summary = DemoSummary(
+        events=3_000,
+        served=2_970,
+        dead_letters={"decode_failed": 30},
+        seconds=2.5,
+        throughput=2_900.0,
+        latency_ms={"p50": 4.0, "p95": 9.0, "p99": 12.0, "max": 20.0},
+        variants={"champion": 2_673, "challenger": 297},
+        versions={"champion": {"fraud_v1": 2_673}, "challenger": {"1": 297}},
+        shadow_scored=2_970,
+    )
+    lines = format_summary(summary).splitlines()
+    assert "  predictions out  2970  (challenger 297 (10%), champion 2673 (90%))" in lines
+    assert "  model versions   challenger 1, champion fraud_v1" in lines
+    assert "  shadow scored    2970" in lines
