@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -79,6 +79,17 @@ class InFlightBatch:
         return self.outstanding == 0 and not self.failures and not self.abandoned
 
 
+class Located(Protocol):
+    """Where a consumed message comes from (confluent-kafka's `Message` has it)."""
+
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+
+
+M = TypeVar("M", bound=Located)
+
+
 class Positions:
     """Per owned partition, the next offset a batch may serve.
 
@@ -90,21 +101,20 @@ class Positions:
     def __init__(self) -> None:
         self._next: dict[Partition, int] = {}
 
-    def fresh(self, messages: Sequence[InputMessage], owned: set[Partition]) -> list[Any]:
-        """The messages of `messages` that are owned and not served yet, in order."""
-        keep = []
+    def take(self, messages: Sequence[M], owned: set[Partition]) -> list[M]:
+        """The messages of `messages` that are owned and not served yet, in order; from
+        now on they count as served (a batch that then fails stops the agent, or, under
+        exactly_once, is aborted and rewound)."""
+        keep: list[M] = []
+        following = self._next
         for m in messages:
-            topic, partition, offset = coordinates(m)
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            assert topic is not None and partition is not None and offset is not None
             tp = (topic, partition)
-            if tp in owned and offset >= self._next.get(tp, -1):
+            if tp in owned and offset >= following.get(tp, -1):
                 keep.append(m)
+                following[tp] = offset + 1
         return keep
-
-    def served(self, messages: Sequence[InputMessage]) -> None:
-        for m in messages:
-            topic, partition, offset = coordinates(m)
-            tp = (topic, partition)
-            self._next[tp] = max(self._next.get(tp, 0), offset + 1)
 
     def rewind(self, tp: Partition, offset: int) -> None:
         """Serve from `offset` again (an aborted transaction's events)."""
@@ -171,7 +181,7 @@ class Committer(Protocol):
         ...
 
     def fresh(self, messages: Sequence[InputMessage]) -> list[Any]:
-        """The messages a batch may serve (see `Positions`)."""
+        """The messages a batch may serve, now counted as served (see `Positions`)."""
         ...
 
     def produce(self, batch: InFlightBatch, records: Sequence[Outgoing]) -> None:
@@ -260,12 +270,11 @@ class AtLeastOnce:
 
     # -- the batch loop -------------------------------------------------------------------
     def fresh(self, messages: Sequence[InputMessage]) -> list[Any]:
-        return self._positions.fresh(messages, self.assigned)
+        return self._positions.take(messages, self.assigned)
 
     def begin(
         self, messages: Sequence[InputMessage], on_done: Callable[[], None], rescue: Rescue
     ) -> InFlightBatch:
-        self._positions.served(messages)
         return self._in_flight.open((coordinates(m) for m in messages), messages, on_done, rescue)
 
     def produce(self, batch: InFlightBatch, records: Sequence[Outgoing]) -> None:

@@ -104,13 +104,12 @@ class ExactlyOnce:
 
     # -- the batch loop -------------------------------------------------------------------
     def fresh(self, messages: Sequence[InputMessage]) -> list[Any]:
-        return self._positions.fresh(messages, self.assigned)
+        return self._positions.take(messages, self.assigned)
 
     def begin(
         self, messages: Sequence[InputMessage], on_done: Callable[[], None], rescue: Rescue
     ) -> InFlightBatch:
         self._init()
-        self._positions.served(messages)
         if self._open_since is None:
             self.producer.begin_transaction()
             self._open_since = time.monotonic()
