@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install bench bench-bandit bench-controller clean
+.PHONY: demo test lint install prometheus dashboard bench bench-soak bench-bandit bench-controller clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,31 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# Prometheus and promtool for the monitoring tests (tests/unit/test_alerts.py,
+# tests/integration/test_prometheus.py) when they are not on PATH: Debian's package,
+# downloaded and unpacked into ~/.cache/streamer/prometheus (no service is installed).
+prometheus:
+	bash deploy/prometheus/install.sh >/dev/null
+
+# Regenerates deploy/grafana/dashboards/streamer.json from deploy/grafana/dashboard.py.
+dashboard: $(STAMP)
+	$(BIN)/python -m deploy.grafana.dashboard
+
+test: lint prometheus
 	$(BIN)/pytest
 
+# Contenders (limit, streamer variants, Faust, per-event loop) x3, latency at 25/50/80% load,
+# batching sweeps: about 25 minutes on two shared cores. Parts: --contenders, --latency,
+# --sweeps (see `python -m benchmarks.throughput --help`). The bench extra brings matplotlib
+# (plots) and faust-streaming (the Faust contender).
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks.throughput
+
+# The engine at 50% of its measured maximum for 10 minutes, RSS every 10 s.
+bench-soak: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m benchmarks.throughput --soak
 
 # The bandit benchmark's plot needs the optional `bench` extra (matplotlib).
 bench-bandit: $(STAMP)

@@ -40,6 +40,7 @@ from streamer.codecs import make_decoder, make_encoder
 from streamer.commits import AtLeastOnce, ClientsLost, Committer, Rescue
 from streamer.config import Topology
 from streamer.control.live import LiveControl, RecentRows
+from streamer.drift import Drift
 from streamer.errors import BatchFailed, DeliveryFailed, StreamerError
 from streamer.exactly_once import ExactlyOnce, transactional_id
 from streamer.inference import ShadowRunner
@@ -172,6 +173,8 @@ class Agent:
         """The models the agent starts with (live control swaps them while it serves)."""
         self.variants = Variants(topology, models, self.metrics)
         self.recent = RecentRows(len(topology.features))
+        self.drift = Drift.for_topology(topology, models, self.metrics)
+        """Drift gauges against `drift.profile` (None without one)."""
         self._transactional_id = transactional_id(topology.group_id)
         self.shadows = ShadowRunner(
             None if (ms := topology.batching.shadow_budget_ms) is None else ms / 1000.0
@@ -230,6 +233,8 @@ class Agent:
         if live.needed:
             live.start(self._connect_timeout_s)
         server = self._start_metrics_server()
+        if server is not None:
+            live.advertise_metrics(t.metrics.host, server.port)
         log.info("cluster settings: %s", t.kafka.redacted())
         try:
             while not self._stop.is_set():
@@ -290,6 +295,8 @@ class Agent:
                     self._serve(messages, committer, dest)
                 else:  # idle: live-control changes still take effect (and show in gauges)
                     self.variants.snapshot()
+                    if self.drift is not None:
+                        self.drift.flush()
                 committer.poll()
                 self._housekeeping(consumer)
                 watchdog.check()
@@ -351,7 +358,14 @@ class Agent:
         fetched_at = time.time()
         # A rebalance between two fetches of this batch: what it took away, or handed back
         # to be fetched again, is not served twice.
+        fetched = len(messages)
         messages = committer.fresh(messages)
+        if len(messages) < fetched:
+            log.debug(
+                "%d of %d fetched messages served already or not owned",
+                fetched - len(messages),
+                fetched,
+            )
         if not messages:
             return
         n = len(messages)
@@ -388,6 +402,8 @@ class Agent:
     def _observe(self, result: Assembled) -> None:
         """Per-batch measurements, taken when the batch is produced."""
         m = self.metrics
+        if self.drift is not None:
+            self.drift.observe(result.features, result.scored)
         for variant, seconds in result.inference_seconds.items():
             m.inference_seconds.labels(variant).observe(seconds)
         for variant, n in result.shadowed.items():
@@ -493,10 +509,32 @@ class Agent:
             self._unready = self._input_problem(consumer)
         if now - self._lag_updated >= LAG_INTERVAL_S and self._assigned:
             self._lag_updated = now
-            for tp in consumer.position([TopicPartition(t, p) for t, p in self._assigned]):
-                _, high = consumer.get_watermark_offsets(tp, cached=True)
-                if high >= 0 and tp.offset >= 0:
-                    self.metrics.consumer_lag.labels(str(tp.partition)).set(high - tp.offset)
+            self._update_lag(consumer)
+
+    def _update_lag(self, consumer: Consumer) -> None:
+        """streamer_consumer_lag per owned partition: the high watermark less the position,
+        or, for a partition nothing was fetched from yet (just assigned, or stuck), less its
+        committed offset (a lag that never shows would hide a stuck agent)."""
+        positions = consumer.position([TopicPartition(t, p) for t, p in self._assigned])
+        unknown = [tp for tp in positions if tp.offset < 0]
+        if unknown:
+            with contextlib.suppress(KafkaException):
+                committed = {
+                    tp.partition: tp.offset for tp in consumer.committed(unknown, timeout=1.0)
+                }
+                positions = [
+                    TopicPartition(tp.topic, tp.partition, committed.get(tp.partition, -1))
+                    if tp.offset < 0
+                    else tp
+                    for tp in positions
+                ]
+        for tp in positions:
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0 and tp.offset >= 0:
+                with contextlib.suppress(KafkaException):
+                    _, high = consumer.get_watermark_offsets(tp, timeout=1.0)
+            if high >= 0 and tp.offset >= 0:
+                self.metrics.consumer_lag.labels(str(tp.partition)).set(high - tp.offset)
 
     def _input_problem(self, consumer: Consumer) -> str | None:
         topic = self.topology.input.topic

@@ -95,6 +95,8 @@ class Assembled:
     inference_seconds: dict[str, float] = field(default_factory=dict)
     event_ms: np.ndarray = field(default_factory=lambda: np.empty(0))
     """Event timestamps (ms) of the served events, for the end-to-end histogram."""
+    scored: list[VariantScores] = field(default_factory=list)
+    """What each variant scored (rows of `features`, outputs), for drift measurement."""
 
 
 def assemble(
@@ -122,6 +124,7 @@ def assemble(
     ts_events = [event_ts(m, fetched_at) for m in good]
     scores = score(variants, decoded.features, ids, shadows)
     out.features = decoded.features
+    out.scored = scores.variants
     out.shadow_failures = scores.shadow_failures
     out.shadow_skipped = scores.shadow_skipped
     now = clock()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -15,6 +14,7 @@ from typing import Annotated, NoReturn
 import typer
 from confluent_kafka import KafkaException
 
+from streamer import logs
 from streamer.agent import CONNECT_TIMEOUT_S, DRAIN_TIMEOUT_S, Agent
 from streamer.bandit.controller import Controller
 from streamer.config import Topology, VariantSpec, load_topology
@@ -48,10 +48,16 @@ DataDirOpt = Annotated[
     Path | None,
     typer.Option(help="Broker state directory (default: ~/.cache/streamer/kafka/broker-PORT)."),
 ]
+LogFormatOpt = Annotated[
+    logs.LogFormat,
+    typer.Option(
+        help="Log lines on stderr: json (one object a line), text, or auto (text on a terminal)."
+    ),
+]
 
 
 def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {logs.scrub(message)}", err=True)
     raise typer.Exit(1)
 
 
@@ -71,20 +77,19 @@ def _validated(topology: Path, *, every_version: bool = False) -> Validation:
     Model-directory versions that cannot serve are warnings: another version serves."""
     result = check(topology, every_version=every_version)
     for p in result.problems:
-        typer.echo(f"error: {p}", err=True)
+        typer.echo(f"error: {logs.scrub(str(p))}", err=True)
     for w in result.warnings:
-        typer.echo(f"warning: {w}", err=True)
+        typer.echo(f"warning: {logs.scrub(str(w))}", err=True)
     if result.problems or result.topology is None:
         raise typer.Exit(1)
     return result
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _setup_logging(level: str, log_format: str = logs.LogFormat.AUTO) -> None:
+    try:
+        logs.setup_logging(level, log_format)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -147,6 +152,7 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
 def run(
     topology: TopologyArg,
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "info",
+    log_format: LogFormatOpt = logs.LogFormat.AUTO,
     connect_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds to wait for the cluster before exit 1.")
     ] = CONNECT_TIMEOUT_S,
@@ -158,9 +164,10 @@ def run(
     ] = DRAIN_TIMEOUT_S,
 ) -> None:
     """Run an agent until SIGTERM/SIGINT; then finish the batch, flush, commit and exit 0."""
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
     result = _validated(topology)
     assert result.topology is not None
+    logs.bind_topology(result.topology)
     with _user_errors(topology):
         agent = Agent(
             result.topology,
@@ -182,14 +189,16 @@ def run(
 def controller(
     topology: TopologyArg,
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "info",
+    log_format: LogFormatOpt = logs.LogFormat.AUTO,
     connect_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds to wait for the cluster before exit 1.")
     ] = CONNECT_TIMEOUT_S,
 ) -> None:
     """Run the bandit controller until SIGTERM/SIGINT; then checkpoint and exit 0."""
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
     result = _validated(topology)
     assert result.topology is not None
+    logs.bind_topology(result.topology)
     with _user_errors(topology):
         service = Controller(result.topology, connect_timeout_s=connect_timeout)
         _stop_on_signals(service.stop)
@@ -197,6 +206,84 @@ def controller(
     typer.echo(
         f"stopped: {stats.records} records read, {stats.published} control records published",
         err=True,
+    )
+
+
+@app.command()
+def top(
+    topology: TopologyArg,
+    targets: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT,... of agents' and controllers' metrics (default: the agents' "
+            "reports on the status topic, and the controller at bandit.metrics_port)."
+        ),
+    ] = None,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes.")] = 1.0,
+    count: Annotated[
+        int | None, typer.Option(min=1, help="Refreshes before exit (default: until q).")
+    ] = None,
+) -> None:
+    """A live view of the running agents and controller: events/s, latency, batch size,
+    dead letters, lag, weights, drift. q or Ctrl-C quits."""
+    from streamer.top import parse_targets, run_top  # noqa: PLC0415 - only this command
+
+    _setup_logging("critical")  # Kafka's complaints would tear the view; it shows them itself
+    with _user_errors(topology):
+        loaded = load_topology(topology)
+    logs.bind_topology(loaded)
+    chosen = parse_targets(targets) if targets is not None else None
+    with contextlib.suppress(KeyboardInterrupt):
+        run_top(loaded, chosen, interval_s=interval, count=count)
+
+
+@app.command()
+def profile(
+    topology: TopologyArg,
+    *,
+    from_topic: Annotated[
+        str | None, typer.Option(help="Topic to read events from (default: the input topic).")
+    ] = None,
+    events: Annotated[int, typer.Option(min=100, help="Events to profile.")] = 10_000,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Profile file to write (default: drift.profile)."),
+    ] = None,
+    bins: Annotated[
+        int | None, typer.Option(min=2, max=100, help="Bins per distribution (drift.bins).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds reading may take.")] = 60.0,
+) -> None:
+    """Write a reference profile for drift: N events of a topic (every partition from its
+    beginning), decoded like the agent does and scored by every served variant."""
+    from streamer.drift import profile_topic, write_profile  # noqa: PLC0415 - only this command
+
+    _setup_logging("critical")  # the one error line says what failed; librdkafka's log not
+    result = check(topology)
+    # The profile is what this writes: a missing or stale one is no reason to stop.
+    problems = [p for p in result.problems if p.key != "drift.profile"]
+    for p in problems:
+        typer.echo(f"error: {logs.scrub(str(p))}", err=True)
+    if problems or result.topology is None:
+        raise typer.Exit(1)
+    loaded = result.topology
+    target = output or loaded.drift.profile
+    if target is None:
+        raise typer.BadParameter("needs a file to write (or drift.profile)", param_hint="-o")
+    with _user_errors(topology):
+        made = profile_topic(
+            loaded, result.models, topic=from_topic, events=events, bins=bins, timeout_s=timeout
+        )
+        try:
+            write_profile(made.profile, target)
+        except OSError as exc:
+            _fail(f"{target}: cannot write: {exc.strerror}")
+    ref = made.profile
+    outputs = ", ".join(f"{name} ({v.output})" for name, v in ref.predictions.items())
+    skipped = f", {made.skipped} undecodable skipped" if made.skipped else ""
+    typer.echo(
+        f"{target}: {ref.events} events of {ref.source}{skipped}; "
+        f"{len(ref.features)} features, variants {outputs}"
     )
 
 
@@ -221,6 +308,7 @@ def control_topology(ctx: typer.Context, topology: TopologyArg) -> None:
     _setup_logging("critical")  # the one error line says what failed; librdkafka's log not
     with _user_errors(topology):
         ctx.obj = load_topology(topology)
+    logs.bind_topology(ctx.obj)
 
 
 def _write(ctx: typer.Context, what: str, change: commands.Change) -> None:

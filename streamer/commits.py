@@ -37,6 +37,15 @@ CLOSE_LOST_TIMEOUT_S = 10.0
 """How long closing a consumer that lost every broker may take before it is left behind."""
 
 Partition = tuple[str, int]
+NOT_A_MEMBER = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.FENCED_INSTANCE_ID,
+    }
+)
+"""Commit errors that say the group has moved on without this member."""
 
 
 class ClientsLost(Exception):
@@ -320,9 +329,7 @@ class AtLeastOnce:
         self.producer.purge()
         self._in_flight = InFlight()
         self._forget([TopicPartition(t, p) for t, p in self.assigned])
-        closer = threading.Thread(target=self.consumer.close, name="close-lost", daemon=True)
-        closer.start()
-        closer.join(CLOSE_LOST_TIMEOUT_S)
+        leave_group(self.consumer)
 
     def close(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -379,6 +386,8 @@ class AtLeastOnce:
 
     # -- rebalances (confluent-kafka callbacks, run inside consume) ------------------------
     def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.source is not None:
+            self.source.assign(partitions)
         self.assigned |= {(p.topic, p.partition) for p in partitions}
         self.progress_at = time.monotonic()
         log.info("assigned %s", sorted(p.partition for p in partitions))
@@ -433,10 +442,22 @@ class AtLeastOnce:
         if owned and asynchronous:
             self.consumer.commit(offsets=owned, asynchronous=True)
         elif owned:
-            retrying(
-                lambda: self.consumer.commit(offsets=owned, asynchronous=False), COMMIT_RETRY_S
-            )
-            self._confirmed.update(((p.topic, p.partition), p.offset) for p in owned)
+            try:
+                retrying(
+                    lambda: self.consumer.commit(offsets=owned, asynchronous=False),
+                    COMMIT_RETRY_S,
+                )
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if not isinstance(err, KafkaError) or err.code() not in NOT_A_MEMBER:
+                    raise
+                # The group moved on without this member (a session that ran out under
+                # load): its partitions are someone else's, who serves the uncommitted
+                # events again. Repeated, never lost.
+                self.metrics.commit_failures.inc()
+                log.warning("commit refused, this member left the group: %s", err.str())
+            else:
+                self._confirmed.update(((p.topic, p.partition), p.offset) for p in owned)
         failures = self._in_flight.failed()
         if failures:
             raise DeliveryFailed(
@@ -451,6 +472,15 @@ class AtLeastOnce:
             self._confirmed.pop((p.topic, p.partition), None)
         if self.source is not None:
             self.source.forget(partitions)
+
+
+def leave_group(consumer: Consumer) -> None:
+    """Close a consumer that is being replaced, giving up after CLOSE_LOST_TIMEOUT_S: left
+    open, its background threads would keep it a member of the group, and the group would
+    wait for it (up to max.poll.interval.ms) before the new consumer got any partition."""
+    closer = threading.Thread(target=consumer.close, name="close-lost", daemon=True)
+    closer.start()
+    closer.join(CLOSE_LOST_TIMEOUT_S)
 
 
 def produce_records(producer: Producer, batch: InFlightBatch, records: Sequence[Outgoing]) -> None:

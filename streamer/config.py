@@ -59,6 +59,15 @@ SENSITIVE_KEYS = frozenset(
 """librdkafka settings whose values are never printed: librdkafka's own list, the properties
 flagged `_RK_SENSITIVE` in src/rdkafka_conf.c (confluentinc/librdkafka), which it shows as
 `[redacted]` in its `debug=conf` dump. Checked against that dump of librdkafka 2.16.0."""
+_SECRET_LOOKING = re.compile(
+    r"pass(word|wd|phrase)|pwd|secret|token|credential|api[._-]?key|private", re.IGNORECASE
+)
+"""Key names hidden although librdkafka does not flag them (a plugin's `my.api.token`)."""
+
+
+def sensitive(key: str) -> bool:
+    """Whether a setting's value is a secret: librdkafka's list, or a secret-looking name."""
+    return key.lower() in SENSITIVE_KEYS or _SECRET_LOOKING.search(key) is not None
 
 
 class _Model(BaseModel):
@@ -101,8 +110,7 @@ class KafkaSettings(_Model):
     def redacted(self) -> dict[str, Any]:
         """The settings with secret values hidden, safe to print or log."""
         return {
-            k: SecretStr(str(v)) if k.lower() in SENSITIVE_KEYS else v
-            for k, v in self.client_config().items()
+            k: SecretStr(str(v)) if sensitive(k) else v for k, v in self.client_config().items()
         }
 
 
@@ -299,6 +307,37 @@ class MetricsSpec(_Model):
     container scraped from outside (env STREAMER_METRICS_HOST overrides)."""
 
 
+class DriftSpec(_Model):
+    """Drift of live inputs and predictions from a reference profile (`streamer profile`);
+    off without a profile."""
+
+    profile: Path | None = None
+    """The reference profile (JSON, relative to the topology file), e.g. one shipped beside
+    the model; null: no drift metrics."""
+    window: int = Field(default=10_000, ge=1, le=10_000_000)
+    """Events per served variant the live distribution is measured over (sliding)."""
+    bins: int = Field(default=10, ge=2, le=100)
+    """Quantile bins per distribution that `streamer profile` makes (10: deciles)."""
+    threshold: float = Field(default=0.2, gt=0.0, allow_inf_nan=False)
+    """A PSI above it is logged as drift (once, until it falls back within it)."""
+    min_events: int | None = Field(default=None, ge=1)
+    """Events a variant's window needs before its drift gauges are set (default: 1000, or
+    `window` when smaller)."""
+
+    _paths = field_validator("profile")(_resolve)
+
+    @model_validator(mode="after")
+    def _min_within_window(self) -> DriftSpec:
+        if self.min_events is not None and self.min_events > self.window:
+            raise ValueError("min_events must be at most window")
+        return self
+
+    @property
+    def events_needed(self) -> int:
+        """`min_events`, or its default."""
+        return self.min_events if self.min_events is not None else min(1000, self.window)
+
+
 class TopicsSpec(_Model):
     """Defaults for `streamer topics create`."""
 
@@ -328,6 +367,7 @@ class Topology(_Model):
     exactly_once: ExactlyOnceSpec = Field(default_factory=ExactlyOnceSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     topics: TopicsSpec = Field(default_factory=TopicsSpec)
+    drift: DriftSpec = Field(default_factory=DriftSpec)
     source: Path | None = Field(default=None, exclude=True)
     """The file this topology was loaded from (set by `load_topology`)."""
 

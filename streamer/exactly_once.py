@@ -27,6 +27,7 @@ from streamer.commits import (
     Partition,
     Positions,
     Rescue,
+    leave_group,
     produce_records,
 )
 from streamer.errors import DeliveryFailed, StreamerError
@@ -89,6 +90,10 @@ class ExactlyOnce:
         self._open_since: float | None = None
         self._aborts = 0
         self._initialised = False
+        self._in_callback = False
+        """Inside a rebalance callback: nothing there may consume, wait or rewind."""
+        self._lost: ClientsLost | None = None
+        """Found in a rebalance callback (where nothing may raise): raised at the next turn."""
         self._stopping: Callable[[], bool] = lambda: False
         self._check: Callable[[], None] = lambda: None
 
@@ -142,6 +147,7 @@ class ExactlyOnce:
             self._abort("serving a batch raised")
 
     def poll(self) -> None:
+        self._raise_lost()
         self.producer.poll(0)
         if self._open_since is not None and (
             time.monotonic() - self._open_since >= self.commit_interval_s
@@ -154,6 +160,7 @@ class ExactlyOnce:
         """A transaction holds at most `max_in_flight` batches: commit it when full.
         `stopping` and `check` also serve the waits of later commits (see `_retrying`)."""
         self._stopping, self._check = stopping, check
+        self._raise_lost()
         if len(self._batches) >= self.max_in_flight and not stopping():
             self._commit()
         check()
@@ -163,7 +170,8 @@ class ExactlyOnce:
         the broker when it times out; the next clients start at the committed offsets."""
         self.producer.purge()
         self._reset()
-        self.assigned = set()
+        self._forget([TopicPartition(t, p) for t, p in self.assigned])
+        leave_group(self.consumer)
 
     def close(self, timeout_s: float) -> None:
         try:
@@ -174,6 +182,8 @@ class ExactlyOnce:
 
     # -- rebalances ---------------------------------------------------------------------------
     def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.source is not None:
+            self.source.assign(partitions)
         self.assigned |= {(p.topic, p.partition) for p in partitions}
         self.progress_at = time.monotonic()
         log.info("assigned %s", sorted(p.partition for p in partitions))
@@ -181,14 +191,18 @@ class ExactlyOnce:
     def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Hand over with everything served committed (the next owner starts after it).
         if self._open_since is not None:
-            self._commit(self.drain_timeout_s)
+            self._in_callback = True
+            try:
+                self._commit(self.drain_timeout_s)
+            finally:
+                self._in_callback = False
         self._forget(partitions)
 
     def on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Another member may own them already: what the open transaction holds must not
         # commit (the broker would fence the offsets anyway).
         if self._open_since is not None:
-            self._abort("partitions lost", rewind=False)
+            self._abort_in_callback("partitions lost")
         self._positions.forget((p.topic, p.partition) for p in partitions)
         self._forget(partitions)
 
@@ -271,12 +285,12 @@ class ExactlyOnce:
                     if time.monotonic() >= deadline:
                         raise
                     log.warning("transaction waits for the cluster: %s", err.str())
-                if self.source is not None:
+                if self.source is not None and not self._in_callback:  # no consume inside
                     if not paused:
                         self.source.pause()
                         paused = True
                     self.source.serve()
-                self._check()
+                    self._check()
         finally:
             if paused and self.source is not None:
                 self.source.resume()
@@ -289,18 +303,16 @@ class ExactlyOnce:
         try:
             self._retrying(self.producer.abort_transaction, time.monotonic() + ABORT_WAIT_S)
         except KafkaException as exc:
-            # The coordinator may have timed the transaction out and moved on: a new
-            # producer with the same transactional id fences this one and aborts what is
-            # open, and a new consumer starts from the committed offsets.
-            err = exc.args[0] if exc.args else None
-            raise ClientsLost(
-                f"the transaction can neither commit nor abort ({err.str() if err else exc})"
-            ) from None
+            lost = _unabortable(exc)
+            if lost is not None:
+                raise lost from None
         finally:
             self._reset()
         self.metrics.transactions.labels("aborted").inc()
         self._aborts += 1
         log.warning("transaction aborted (%s); its events are served again", why)
+        if self._in_callback:
+            return  # the partitions are being handed over: their next owner serves them
         if rewind:
             self._rewind(began)
         if self._aborts >= MAX_ABORTS:
@@ -308,6 +320,19 @@ class ExactlyOnce:
                 f"exactly-once: {self._aborts} transactions aborted in a row (last: {why})"
             )
         self._back_off(min(2.0 ** (self._aborts - 1), 30.0) if self._aborts > 1 else 0.0)
+
+    def _abort_in_callback(self, why: str) -> None:
+        """Abort from a rebalance callback: once, without serving the consumer (no consume
+        may run inside its own callback) and without waiting; what cannot be aborted here
+        recreates the clients at the next turn of the loop."""
+        try:
+            self.producer.abort_transaction(ATTEMPT_S)
+        except KafkaException as exc:
+            self._lost = _unabortable(exc)
+        finally:
+            self._reset()
+        self.metrics.transactions.labels("aborted").inc()
+        log.warning("transaction aborted (%s); its events are served again", why)
 
     def _back_off(self, seconds: float) -> None:
         """Wait before the next transaction, serving the consumer (paused) meanwhile."""
@@ -332,7 +357,24 @@ class ExactlyOnce:
             self._positions.rewind((tp.topic, tp.partition), tp.offset)
             self.consumer.seek(tp)
 
+    def _raise_lost(self) -> None:
+        lost, self._lost = self._lost, None
+        if lost is not None:
+            raise lost
+
     def _reset(self) -> None:
         self._batches = []
         self._began = {}
         self._open_since = None
+
+
+def _unabortable(exc: KafkaException) -> ClientsLost | None:
+    """None when there was nothing left to abort (the producer ended the transaction itself,
+    after an epoch bump: "Operation not valid in state Ready"); else the clients must go: a
+    new producer with the same transactional id fences this one and aborts what is open, and
+    a new consumer starts from the committed offsets."""
+    err = exc.args[0] if exc.args else None
+    if isinstance(err, KafkaError) and err.code() == KafkaError._STATE:
+        return None
+    why = err.str() if isinstance(err, KafkaError) else str(exc)
+    return ClientsLost(f"the transaction can neither commit nor abort ({why})")

@@ -8,7 +8,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from streamer.errors import StreamerError
@@ -69,6 +76,7 @@ class Metrics(Registry):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         super().__init__(registry)
         r = self.registry
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes
         self.events_consumed = Counter(
             "streamer_events_consumed", "Input events consumed.", registry=r
         )
@@ -161,6 +169,41 @@ class Metrics(Registry):
             ["variant", "version", "sha256"],
             registry=r,
         )
+        # Drift from the reference profile (drift.profile; see streamer/drift.py), over each
+        # served variant's sliding window; set once the window holds drift.min_events.
+        self.feature_drift_psi = Gauge(
+            "streamer_feature_drift_psi",
+            "Population stability index of a feature's live distribution (the rows a served "
+            "variant scored) against the reference profile.",
+            ["feature", "variant"],
+            registry=r,
+        )
+        self.prediction_drift_psi = Gauge(
+            "streamer_prediction_drift_psi",
+            "Population stability index of a served variant's main output against the "
+            "reference profile.",
+            ["variant"],
+            registry=r,
+        )
+        self.feature_drift_mean_shift = Gauge(
+            "streamer_feature_drift_mean_shift",
+            "(live mean - reference mean) / reference standard deviation of a feature.",
+            ["feature", "variant"],
+            registry=r,
+        )
+        self.prediction_drift_mean_shift = Gauge(
+            "streamer_prediction_drift_mean_shift",
+            "(live mean - reference mean) / reference standard deviation of a served "
+            "variant's main output.",
+            ["variant"],
+            registry=r,
+        )
+        self.drift_window_events = Gauge(
+            "streamer_drift_window_events",
+            "Events in a served variant's drift window.",
+            ["variant"],
+            registry=r,
+        )
 
 
 class ControllerMetrics(Registry):
@@ -169,6 +212,7 @@ class ControllerMetrics(Registry):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         super().__init__(registry)
         r = self.registry
+        ProcessCollector(registry=r)
         self.rewards = Counter(
             "streamer_controller_rewards",
             "Rewards and decisions by variant and result: joined, defaulted, expired, unknown, "

@@ -8,6 +8,7 @@ from typing import Any
 
 from streamer.codecs.avro import load_schema, record_fields
 from streamer.config import Topology, load_topology
+from streamer.drift import ProfileError, check_profile, load_profile
 from streamer.errors import ConfigError, ConfigErrors
 from streamer.models import Model, load_variant_models
 
@@ -60,7 +61,28 @@ def validate(path: str | Path, *, every_version: bool = False) -> Validation:
     ):
         if sink.format == "avro" and sink.schema_ is not None:
             problems += _check_sink_schema(shown, key, sink.schema_, (*required, *outputs))
+    if topology.drift.profile is not None:
+        problems_, warnings_ = _check_drift(shown, topology, models)
+        problems += problems_
+        warnings += warnings_
     return Validation(topology, models, problems, warnings, loaded.versions)
+
+
+def _check_drift(
+    shown: str, topology: Topology, models: dict[str, Model]
+) -> tuple[list[ConfigError], list[ConfigError]]:
+    """The drift profile: readable, and a reference for every feature (one line each)."""
+    path = topology.drift.profile
+    assert path is not None
+    try:
+        profile = load_profile(path)
+    except ProfileError as exc:
+        return [ConfigError(shown, "drift.profile", str(exc))], []
+    problems, warnings = check_profile(profile, topology, models)
+    return (
+        [ConfigError(shown, "drift.profile", f"{path}: {p}") for p in problems],
+        [ConfigError(shown, "drift.profile", f"{path}: {w}") for w in warnings],
+    )
 
 
 def _check_input_schema(shown: str, topology: Topology) -> list[ConfigError]:

@@ -20,6 +20,7 @@ moves to another process after the group's session timeout, which publishes from
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -349,6 +350,9 @@ class Controller:
 
     def _forget(self, numbers: list[int]) -> None:
         for p in numbers:
+            for topic in (self.topology.lake.topic, self.bandit.feedback_topic):
+                with contextlib.suppress(KeyError):  # never measured
+                    self.metrics.lag.remove(topic, str(p))
             self._ledgers.pop(p, None)
             self._written.pop(p, None)
             self._behind.pop(p, None)

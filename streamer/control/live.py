@@ -122,6 +122,8 @@ class LiveControl:
         self._reported_at = -STATUS_INTERVAL_S
         self._scanned_at = clock()
         self._started_ms = int(time.time() * 1000)
+        self.metrics_address: str | None = None
+        """HOST:PORT of the agent's /metrics, in its status reports (`streamer top`)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -367,6 +369,7 @@ class LiveControl:
             "agent": self.agent,
             "topology": self.topology.name,
             "host": socket.gethostname(),
+            "metrics": self.metrics_address,
             "pid": os.getpid(),
             "started": self._started_ms,
             "strategy": self.topology.routing.strategy,
@@ -375,6 +378,12 @@ class LiveControl:
             "control_rejected": self._last_rejected,
             "variants": variants,
         }
+
+    def advertise_metrics(self, host: str, port: int) -> None:
+        """Report where /metrics answers; a wildcard bind address as this host's name."""
+        wildcard = host in ("", "0.0.0.0", "::")  # noqa: S104 - compared, not bound
+        name = socket.gethostname() if wildcard else f"[{host}]" if ":" in host else host
+        self.metrics_address = f"{name}:{port}"
 
     def _report(self, *, force: bool = False) -> None:
         topic = self.topology.routing.agent_status_topic

@@ -300,6 +300,7 @@ class KafkaBatchSource:
     def __init__(self, consumer: Consumer) -> None:
         self.consumer = consumer
         self._held: list[Message] = []
+        self._paused = False
 
     def fetch(self, max_items: int, timeout_s: float) -> list[Message]:
         if self._held:  # taken while the caller only wanted events: these first, in order
@@ -310,15 +311,29 @@ class KafkaBatchSource:
     def pause(self) -> None:
         """Stop fetching for the whole assignment (librdkafka drops what it prefetched and,
         on resume, fetches again after the last message it handed out)."""
+        self._paused = True
         assigned = self.consumer.assignment()
         if assigned:
             self.consumer.pause(assigned)
 
     def resume(self) -> None:
         """Fetch again for whatever is assigned now (also partitions assigned while paused)."""
+        self._paused = False
         assigned = self.consumer.assignment()
         if assigned:
             self.consumer.resume(assigned)
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        """Take up `partitions` (in the rebalance callback), paused only while a wait is.
+
+        librdkafka keeps a partition's pause across losing and regaining it: a wait that
+        ended while the group session was lost resumed an empty assignment, and the
+        partitions that came back stayed paused for good (seen after a 50 s broker freeze)."""
+        self.consumer.assign(partitions)
+        if self._paused:
+            self.consumer.pause(partitions)
+        else:
+            self.consumer.resume(partitions)
 
     def serve(self) -> None:
         """Serve the consumer's queue without waiting: rebalance callbacks, commit results

@@ -236,6 +236,8 @@ def test_every_kind_of_feedback_is_counted_right(
         w.send(feedback, "d3", {"id": "d3", "reward": 1})
         wait_for(lambda: rewards(running).get("unknown", 0) == 1, "ghost to give up waiting")
         wait_for(lambda: rewards(running).get("late", 0) == 1, "d3's late reward")
+        # Lake and feedback are read apart: a reward read first waits for its decision.
+        wait_for(lambda: rewards(running).get("joined", 0) >= 4, "every join")
         counts = rewards(running)
         stats = running.stop()
     assert counts == {

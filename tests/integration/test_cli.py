@@ -181,7 +181,8 @@ def test_run_fails_in_one_line_on_an_invalid_librdkafka_setting(
         "run", str(topology.source), "--connect-timeout", "1", "--log-level", "error"
     )
     assert result.returncode == 1
-    lines = [line for line in result.stderr.splitlines() if not line[:4].isdigit()]  # logs
+    logs = [line for line in result.stderr.splitlines() if line.startswith("{")]  # JSON lines
+    lines = [line for line in result.stderr.splitlines() if line not in logs]
     assert len(lines) == 1 and "no.such.setting" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
 

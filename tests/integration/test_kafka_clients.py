@@ -66,10 +66,10 @@ def test_wait_for_cluster_says_why_the_cluster_refused(kafka: str) -> None:
         },
     )
     with pytest.raises(KafkaUnavailable) as raised:
-        wait_for_cluster(settings, timeout_s=3)
+        wait_for_cluster(settings, timeout_s=30)  # refused credentials end the wait at once
     message = str(raised.value)
     assert "\n" not in message
-    assert f"cannot reach Kafka at {kafka} within 3s" in message
+    assert f"cannot reach Kafka at {kafka}: " in message
     assert "SASL PLAIN mechanism handshake failed" in message, message
     assert "security settings" in message, message
     assert "(after " not in message  # librdkafka's connection-state detail is left out

@@ -111,7 +111,12 @@ def _streamer(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.strip() and not line[:4].isdigit()]
+    """stderr without log lines (JSON objects, or text lines that start with the date)."""
+    return [
+        line
+        for line in stderr.splitlines()
+        if line.strip() and not line[:4].isdigit() and not line.startswith("{")
+    ]
 
 
 def _clients(broker: LocalKafka) -> dict[str, str]:

@@ -299,6 +299,9 @@ class FakeSource:
     def forget(self, _partitions: list[TopicPartition]) -> None:
         self.calls.append("forget")
 
+    def assign(self, _partitions: list[TopicPartition]) -> None:
+        self.calls.append("assign")
+
 
 def test_waiting_for_room_keeps_serving_the_paused_consumer(
     monkeypatch: pytest.MonkeyPatch,
@@ -325,7 +328,7 @@ def test_waiting_for_room_keeps_serving_the_paused_consumer(
 
     committer.wait_for_room(lambda: False, check)
     # The turn after the acknowledgement commits the batch, and the wait ends.
-    assert source.calls == ["pause", "serve", "serve", "serve", "serve", "resume"]
+    assert source.calls == ["assign", "pause", "serve", "serve", "serve", "serve", "resume"]
     assert len(checks) == 4
 
 

@@ -1,11 +1,13 @@
 """docker-compose.yml agrees with the code it runs: the Kafka release, listeners and ports,
-the `streamer` commands and the files they name inside the image.
+the `streamer` commands and the files they name inside the image, and the monitoring
+services (Prometheus and Grafana) with the files of deploy/ they mount.
 
 There is no Docker engine in CI, so the file is parsed and cross-checked against the code.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import posixpath
@@ -22,6 +24,8 @@ import pytest
 import typer
 import yaml
 
+import deploy.prometheus as prometheus_files
+from deploy.grafana import dashboard
 from streamer.agent import DRAIN_TIMEOUT_S
 from streamer.cli import app
 from streamer.config import BOOTSTRAP_ENV, METRICS_HOST_ENV, KafkaSettings, load_topology
@@ -177,3 +181,82 @@ def test_the_engine_gets_time_to_drain_before_sigkill() -> None:
     grace = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", SERVICES["engine"]["stop_grace_period"])
     assert grace is not None
     assert 60 * int(grace[1] or 0) + int(grace[2] or 0) >= DRAIN_TIMEOUT_S
+
+
+# -- monitoring: Prometheus and Grafana ---------------------------------------------------------
+
+PROMETHEUS_CONFIG: dict[str, Any] = yaml.safe_load(prometheus_files.CONFIG.read_text())
+GRAFANA_DATASOURCES = ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml"
+GRAFANA_DASHBOARDS = ROOT / "deploy/grafana/provisioning/dashboards/streamer.yml"
+
+
+def _mounts(service: str) -> dict[str, Path]:
+    """A service's bind mounts of repo files, as {path in the container: path in the repo}."""
+    found = {}
+    for volume in SERVICES[service]["volumes"]:
+        source, target, *_ = volume.split(":")
+        if source.startswith("./"):
+            found[target] = (ROOT / source).resolve()
+    return found
+
+
+def _option(service: str, name: str) -> str:
+    arguments: list[str] = SERVICES[service]["command"]
+    (value,) = [a.split("=", 1)[1] for a in arguments if a.startswith(f"{name}=")]
+    return value
+
+
+def test_prometheus_is_the_release_the_tests_run() -> None:
+    assert SERVICES["prometheus"]["image"] == f"prom/prometheus:v{prometheus_files.VERSION}"
+
+
+def test_prometheus_runs_the_repo_configuration_and_rules() -> None:
+    mounts = _mounts("prometheus")
+    config = PurePosixPath(_option("prometheus", "--config.file"))
+    assert mounts[str(config)] == prometheus_files.CONFIG
+    for rules in PROMETHEUS_CONFIG["rule_files"]:
+        assert mounts[str(config.parent / rules)] == prometheus_files.ALERTS
+
+
+@pytest.mark.parametrize(
+    ("job", "service"),
+    [(prometheus_files.ENGINE_JOB, "engine"), (prometheus_files.CONTROLLER_JOB, "controller")],
+)
+def test_prometheus_finds_every_replica_by_the_service_name(job: str, service: str) -> None:
+    (scrape,) = [s for s in PROMETHEUS_CONFIG["scrape_configs"] if s["job_name"] == job]
+    (dns,) = scrape["dns_sd_configs"]
+    # Docker's DNS answers a service name with an A record per container: --scale adds targets.
+    assert dns["names"] == [service] and dns["type"] == "A"
+    assert SERVICES[service]["ports"] == [str(dns["port"])]  # the container port of each replica
+    assert FRAUD.bandit is not None
+    expected = FRAUD.metrics.port if service == "engine" else FRAUD.bandit.metrics_port
+    assert dns["port"] == expected
+
+
+def test_grafana_reads_the_prometheus_service() -> None:
+    (source,) = yaml.safe_load(GRAFANA_DATASOURCES.read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["isDefault"]
+    host, _, port = source["url"].removeprefix("http://").partition(":")
+    assert host == "prometheus" and f"{port}:{port}" in SERVICES["prometheus"]["ports"]
+    scrape = PROMETHEUS_CONFIG["global"]["scrape_interval"]
+    assert source["jsonData"]["timeInterval"] == scrape
+
+
+def test_grafana_provisions_the_dashboard_of_deploy_grafana() -> None:
+    mounts = _mounts("grafana")
+    provisioning = mounts["/etc/grafana/provisioning"]
+    assert GRAFANA_DATASOURCES.is_relative_to(provisioning)
+    assert GRAFANA_DASHBOARDS.is_relative_to(provisioning)
+    (provider,) = yaml.safe_load(GRAFANA_DASHBOARDS.read_text())["providers"]
+    assert mounts[provider["options"]["path"]] == dashboard.OUTPUT.parent
+    environment = SERVICES["grafana"]["environment"]
+    home = PurePosixPath(environment["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert mounts[str(home.parent)] / home.name == dashboard.OUTPUT
+
+
+def test_grafana_is_the_release_the_dashboard_is_built_for() -> None:
+    sdk = importlib.metadata.version("grafana-foundation-sdk").split("!")[-1]
+    image = SERVICES["grafana"]["image"]
+    assert image.startswith("grafana/grafana:")
+    release = image.rpartition(":")[2]
+    assert release.split(".")[:2] == sdk.split(".")[:2]

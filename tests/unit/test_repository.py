@@ -151,7 +151,7 @@ def test_version_key_orders_numbers_numerically_then_names() -> None:
 
 
 def versions(*names: str) -> dict[str, ModelFile]:
-    return {n: ModelFile(n, Path(f"/models/fraud/{n}/{MODEL_FILE}"), (1, 1)) for n in names}
+    return {n: ModelFile(n, Path(f"/models/fraud/{n}/{MODEL_FILE}"), (1, 1, 1)) for n in names}
 
 
 def test_preferred_is_the_highest_version() -> None:
