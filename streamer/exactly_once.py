@@ -40,6 +40,9 @@ INSTANCE_ENV = "STREAMER_INSTANCE_ID"
 """A stable name for this agent replica (a StatefulSet pod name): its transactional id, so a
 restart aborts the transaction its predecessor left open at once."""
 MAX_ABORTS = 10
+MAX_TRANSACTION_BATCHES = 256
+"""A transaction's batches at most: what an abort makes the agent serve again (the records
+themselves go out as they are produced; the transaction only holds their offsets)."""
 ATTEMPT_S = 5.0
 """Longest single attempt of a transaction call before the consumer is served again."""
 """Aborted transactions in a row (no commit between them) before the agent gives up; the
@@ -157,11 +160,12 @@ class ExactlyOnce:
     def wait_for_room(
         self, stopping: Callable[[], bool], check: Callable[[], None] = lambda: None
     ) -> None:
-        """A transaction holds at most `max_in_flight` batches: commit it when full.
-        `stopping` and `check` also serve the waits of later commits (see `_retrying`)."""
+        """A transaction holds at most `MAX_TRANSACTION_BATCHES` batches: commit it when
+        full (the commit interval usually comes first). `stopping` and `check` also serve
+        the waits of later commits (see `_retrying`)."""
         self._stopping, self._check = stopping, check
         self._raise_lost()
-        if len(self._batches) >= self.max_in_flight and not stopping():
+        if len(self._batches) >= MAX_TRANSACTION_BATCHES and not stopping():
             self._commit()
         check()
 
