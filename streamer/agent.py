@@ -77,6 +77,10 @@ STALLED_AFTER_S = 30.0
 STUCK_CHECK_S = 10.0
 """How long the agent waits for progress (a committable batch while batches are in flight,
 an assignment while it has none) before it asks whether its clients still reach Kafka."""
+MAX_RECREATES = 5
+RECREATE_WINDOW_S = 120.0
+"""More client recreations than MAX_RECREATES within the window stop the agent: something
+keeps taking them away (two agents sharing a transactional id fence each other forever)."""
 STUCK_CHECKS = 2
 """Failed checks in a row (while a fresh client reaches the cluster) before the clients are
 recreated: one failure can be a client still in its reconnect backoff after an outage."""
@@ -236,11 +240,21 @@ class Agent:
         if server is not None:
             live.advertise_metrics(t.metrics.host, server.port)
         log.info("cluster settings: %s", t.kafka.redacted())
+        recreated: list[float] = []
         try:
             while not self._stop.is_set():
                 try:
                     self._session(dest)
                 except ClientsLost as exc:
+                    now = time.monotonic()
+                    recreated = [at for at in recreated if now - at < RECREATE_WINDOW_S] + [now]
+                    if len(recreated) > MAX_RECREATES:
+                        raise StreamerError(
+                            f"{t.source}: the Kafka clients had to be recreated "
+                            f"{len(recreated)} times in {RECREATE_WINDOW_S:.0f}s (last: {exc}); "
+                            "under exactly_once, is another agent running with the same "
+                            "STREAMER_INSTANCE_ID?"
+                        ) from None
                     log.warning(
                         "%s: recreating the Kafka clients; unacknowledged batches are served again",
                         exc,

@@ -30,7 +30,7 @@ from streamer.commits import (
     leave_group,
     produce_records,
 )
-from streamer.errors import DeliveryFailed, StreamerError
+from streamer.errors import DeliveryFailed
 from streamer.kafka.clients import KafkaBatchSource
 from streamer.metrics import Metrics
 
@@ -248,13 +248,15 @@ class ExactlyOnce:
             if isinstance(err, KafkaError) and err.txn_requires_abort():
                 self._abort(err.str())
                 return
-            if isinstance(err, KafkaError) and err.code() in FENCED:
-                raise StreamerError(
-                    f"exactly-once: this agent's producer was fenced ({err.str()}): another "
-                    f"agent with transactional id {self.transactional_id} took over"
+            if isinstance(err, KafkaError) and (err.code() in FENCED or err.fatal()):
+                # Fenced: by another agent with this transactional id, or by the coordinator
+                # itself, which ends a transaction left open past its timeout (an outage)
+                # with a new epoch. New clients tell the two apart: the first takes over
+                # again (and the agent gives up if that keeps happening), the second goes on.
+                raise ClientsLost(
+                    f"the transactional producer {self.transactional_id} was fenced or failed "
+                    f"({err.str()})"
                 ) from None
-            if isinstance(err, KafkaError) and err.fatal():
-                raise ClientsLost(f"the transactional producer failed: {err.str()}") from None
             raise DeliveryFailed(
                 f"exactly-once: committing the transaction failed ({exc}); it is not "
                 "visible to read_committed consumers and its events will be served again"
