@@ -10,6 +10,10 @@ them all and committed their offsets; then it exits 0.
 * `limit`: the best bare confluent-kafka loop: `consume` in batches, `produce_batch` each
   message unchanged (key and value), offsets committed once a batch is acknowledged (at most
   max_in_flight batches unacknowledged). `produce_batch: false` produces one at a time.
+* `limit-job`: the limit's loop doing the engine's job with nothing else: per batch, decode
+  every event (fastavro), one ONNX call, and per event one JSON output and one JSON lake
+  record, both `produce_batch`ed. No dead letters, routing, size checks or metrics: what
+  the libraries cost a Python loop for this work, the floor under the engine.
 * `per-event`: what a plain loop looks like: `poll` one, decode it (fastavro), score it
   (one ONNX row), `produce` one JSON output; offsets committed every second up to what is
   acknowledged.
@@ -42,9 +46,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from streamer.config import KafkaSettings, Topology
 from streamer.kafka.clients import make_consumer, make_producer
 from streamer.models import session_options
-from streamer.records import output_record
+from streamer.records import lake_record, output_record
 
-KINDS = ("limit", "per-event", "engine")
+KINDS = ("limit", "limit-job", "per-event", "engine")
 COMMIT_EVERY_S = 1.0
 """How often the hand-written loops commit what is acknowledged (and once at the end)."""
 
@@ -68,6 +72,8 @@ class Spec:
     """The engine's topology (`Topology.model_dump(mode="json", by_alias=True)`)."""
     produce_batch: bool = True
     """limit: one `produce_batch` call per batch (False: one `produce` per message)."""
+    lake: str = ""
+    """limit-job: the lake topic."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -161,10 +167,25 @@ def _good(messages: list[Message]) -> list[Message]:
     return good
 
 
+def _produce_batch(
+    producer: Producer, topic: str, records: list[dict[str, Any]], on_delivery: Callable[..., None]
+) -> int:
+    """`produce_batch` all of `records` (what a full local queue refused, again); how many."""
+    queued = 0
+    while records:
+        queued += producer.produce_batch(topic, records, on_delivery=on_delivery)
+        records = [{"key": d["key"], "value": d["value"]} for d in records if "_error" in d]
+        if records:  # the local queue is full: serve delivery reports, then the rest
+            producer.poll(0.05)
+    return queued
+
+
 def run_limit(spec: Spec) -> dict[str, Any]:
-    """Consume up to batch_size, `produce_batch` them unchanged; commit acknowledged
-    batches in order; at most max_in_flight batches unacknowledged."""
+    """Consume up to batch_size, `produce_batch` them unchanged (limit-job: scored, output
+    and lake); commit acknowledged batches in order; at most max_in_flight batches
+    unacknowledged."""
     deadline = time.monotonic() + spec.timeout_s
+    job = BatchScorer(spec) if spec.kind == "limit-job" else None
     consumer, producer = _clients(spec)
     acks = _Acks()
     consumed = batches = 0
@@ -179,15 +200,13 @@ def run_limit(spec: Spec) -> dict[str, Any]:
         messages = _good(consumer.consume(spec.batch_size, wait_s))
         if messages:
             remaining, on_delivery = acks.open(messages)
-            if spec.produce_batch:
-                todo = [{"key": m.key(), "value": m.value()} for m in messages]
-                while todo:
-                    remaining[0] += producer.produce_batch(
-                        spec.output, todo, on_delivery=on_delivery
-                    )
-                    todo = [{"key": d["key"], "value": d["value"]} for d in todo if "_error" in d]
-                    if todo:  # the local queue is full: serve delivery reports, then the rest
-                        producer.poll(0.05)
+            if job is not None:
+                outputs, lake = job.score_batch(messages)
+                remaining[0] += _produce_batch(producer, spec.output, outputs, on_delivery)
+                remaining[0] += _produce_batch(producer, spec.lake, lake, on_delivery)
+            elif spec.produce_batch:
+                unchanged = [{"key": m.key(), "value": m.value()} for m in messages]
+                remaining[0] += _produce_batch(producer, spec.output, unchanged, on_delivery)
             else:
                 for m in messages:
                     while True:
@@ -240,6 +259,49 @@ class Scorer:
                 ts_predicted=int(time.time() * 1000),
             )
         )
+
+
+class BatchScorer(Scorer):
+    """Decode a batch, score it with one ONNX call, encode an output and a lake record per
+    event (the limit-job loop)."""
+
+    def score_batch(
+        self, messages: list[Message]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        read, schema = fastavro.schemaless_reader, self.schema
+        records: list[dict[str, Any]] = [
+            read(io.BytesIO(m.value()), schema, None)  # type: ignore[arg-type,misc]
+            for m in messages
+        ]
+        features = self.features
+        matrix = np.array([[r[f] for f in features] for r in records], dtype=np.float32)
+        results = self.session.run(self.outputs, {self.input_name: matrix})
+        columns = {
+            name: np.asarray(v).tolist() for name, v in zip(self.outputs, results, strict=True)
+        }
+        now = int(time.time() * 1000)
+        outputs, lake = [], []
+        for i, (m, r) in enumerate(zip(messages, records, strict=True)):
+            key = m.key()
+            record = output_record(
+                event_id=key.decode() if key else str(r["id"]),
+                variant=self.variant,
+                version=self.variant,
+                outputs={name: column[i] for name, column in columns.items()},
+                ts_event=m.timestamp()[1],
+                ts_predicted=now,
+            )
+            outputs.append({"key": key, "value": orjson.dumps(record)})
+            entry = lake_record(
+                record,
+                shadow=False,
+                features=[r[f] for f in features],
+                latency_ms=0.0,
+                topology=self.variant,
+                propensity=1.0,
+            )
+            lake.append({"key": key, "value": orjson.dumps(entry)})
+        return outputs, lake
 
 
 def run_per_event(spec: Spec) -> dict[str, Any]:
@@ -303,6 +365,7 @@ def run_engine(spec: Spec) -> dict[str, Any]:
 
 RUNNERS: dict[str, Callable[[Spec], dict[str, Any]]] = {
     "limit": run_limit,
+    "limit-job": run_limit,
     "per-event": run_per_event,
     "engine": run_engine,
 }

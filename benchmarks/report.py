@@ -16,6 +16,7 @@ from typing import Any
 
 LABELS = {
     "limit": "limit (bare batch loop, no model)",
+    "limit-job": "bare batch loop doing the job (no safety)",
     "engine": "streamer, defaults",
     "engine-nolake": "streamer, lake off",
     "engine-shadow": "streamer, + shadow variant",

@@ -19,8 +19,10 @@ leave N distinct keys in its output and commit every input offset.
 
 * limit: the best bare loop: consume batches, `produce_batch` them unchanged, commit
   acknowledged batches (no decoding, no model: the ceiling of Python + librdkafka here).
+* limit-job: the limit's loop doing the engine's job and nothing more: decode, one ONNX
+  call per batch, a JSON output and a JSON lake record per event (the floor under the engine).
 * engine: streamer at its defaults (fraud_v2, Avro in, JSON output + JSON lake); and with
-  the lake off (when the topology can turn it off), a shadow variant (fraud_v3), or
+  the lake off, a shadow variant (fraud_v3), or
   exactly_once (`engine-eos-MS`: with commit_interval_ms MS).
 * faust: a faust-streaming agent, per-event decode + one-row ONNX + `topic.send`.
 * per-event: poll one, decode, score one row, produce one.
@@ -88,6 +90,7 @@ DEFAULT_BATCH = 512
 DEFAULT_OUT_DIR = Path("benchmarks/results")
 CONTENDERS = (
     "limit",
+    "limit-job",
     "engine",
     "engine-nolake",
     "engine-shadow",
@@ -216,7 +219,7 @@ def contender_spec(mode: str, t: Topology, n: int, timeout_s: float) -> Spec:
     kind = "engine" if mode.startswith("engine") else mode
     in_flight = t.batching.max_in_flight_batches
     batched = True
-    if kind == "baseline" or kind.startswith("limit"):
+    if kind == "baseline" or (kind.startswith("limit") and kind != "limit-job"):
         # limit-loop: produce() per message; limit-inflight-K: K unacknowledged batches.
         batched = kind != "limit-loop"
         if kind.startswith("limit-inflight-"):
@@ -238,6 +241,7 @@ def contender_spec(mode: str, t: Topology, n: int, timeout_s: float) -> Spec:
         features=list(t.features),
         topology=t.model_dump(mode="json", by_alias=True) if kind == "engine" else None,
         produce_batch=batched,
+        lake=t.lake.topic,
     )
 
 
@@ -1014,7 +1018,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--modes",
         nargs="+",
         default=list(CONTENDERS),
-        help="contenders: limit, engine, engine-nolake, engine-shadow, engine-eos, "
+        help="contenders: limit, limit-job, engine, engine-nolake, engine-shadow, engine-eos, "
         "engine-eos-MS, faust, per-event; limit-loop and limit-inflight-K are variants of the "
         "limit (%(default)s)",
     )
