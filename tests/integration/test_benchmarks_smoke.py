@@ -37,7 +37,9 @@ def models(demo_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Pat
 def test_every_contender_drains_the_events_and_reports_its_costs(
     kafka: str, models: Path, tmp_path: Path
 ) -> None:
-    modes = ["limit", "limit-job", "engine", "engine-nolake", "per-event"] + (["faust"] if HAS_FAUST else [])
+    modes = ["limit", "limit-job", "engine", "engine-nolake", "per-event"] + (
+        ["faust"] if HAS_FAUST else []
+    )
     result = throughput.run_contenders(Broker(kafka, None), modes, EVENTS, repeats=1)
 
     ran = [r["mode"] for r in result["runs"]]
