@@ -37,7 +37,7 @@ test: lint prometheus
 	$(BIN)/pytest
 
 # Contenders (limit, streamer variants, Faust, per-event loop) x3, latency at 25/50/80% load,
-# batching sweeps: about 17 minutes on two shared cores. Parts: --contenders, --latency,
+# batching sweeps: about 22 minutes on two shared cores. Parts: --contenders, --latency,
 # --sweeps (see `python -m benchmarks.throughput --help`). The bench extra brings matplotlib
 # (plots) and faust-streaming (the Faust contender).
 bench: $(STAMP)
