@@ -99,6 +99,7 @@ class _Acks:
         self.pending: deque[tuple[list[int], dict[tuple[str, int], int]]] = deque()
         self.committable: dict[tuple[str, int], int] = {}
         self.failures: list[str] = []
+        self.committed_at = time.monotonic()
 
     def open(self, messages: list[Message]) -> tuple[list[int], Callable[..., None]]:
         """A new batch (its remaining-records counter, its delivery callback)."""
@@ -130,6 +131,14 @@ class _Acks:
 
     def offsets(self) -> list[TopicPartition]:
         return [TopicPartition(t, p, o) for (t, p), o in self.committable.items()]
+
+    def turn(self, producer: Producer, consumer: Consumer) -> None:
+        """Serve delivery reports; commit what is acknowledged every COMMIT_EVERY_S."""
+        producer.poll(0)
+        self.settle()
+        if self.committable and time.monotonic() - self.committed_at >= COMMIT_EVERY_S:
+            consumer.commit(offsets=self.offsets(), asynchronous=True)
+            self.committed_at = time.monotonic()
 
 
 def _clients(spec: Spec) -> tuple[Consumer, Producer]:
@@ -189,7 +198,6 @@ def run_limit(spec: Spec) -> dict[str, Any]:
     consumer, producer = _clients(spec)
     acks = _Acks()
     consumed = batches = 0
-    committed_at = time.monotonic()
     wait_s = spec.max_wait_ms / 1000.0
     while consumed < spec.events:
         if time.monotonic() > deadline:
@@ -220,11 +228,7 @@ def run_limit(spec: Spec) -> dict[str, Any]:
                     remaining[0] += 1
             consumed += len(messages)
             batches += 1
-        producer.poll(0)
-        acks.settle()
-        if acks.committable and time.monotonic() - committed_at >= COMMIT_EVERY_S:
-            consumer.commit(offsets=acks.offsets(), asynchronous=True)
-            committed_at = time.monotonic()
+        acks.turn(producer, consumer)
     _finish(spec, consumer, producer, acks, deadline)
     return {"served": consumed, "batches": batches}
 
@@ -311,7 +315,6 @@ def run_per_event(spec: Spec) -> dict[str, Any]:
     consumer, producer = _clients(spec)
     acks = _Acks()
     served = 0
-    committed_at = time.monotonic()
     while served < spec.events:
         if time.monotonic() > deadline:
             raise ContenderError(f"per-event: {served} of {spec.events} served in time")
@@ -327,11 +330,7 @@ def run_per_event(spec: Spec) -> dict[str, Any]:
                     producer.poll(0.05)
             remaining[0] += 1
             served += 1
-        producer.poll(0)
-        acks.settle()
-        if acks.committable and time.monotonic() - committed_at >= COMMIT_EVERY_S:
-            consumer.commit(offsets=acks.offsets(), asynchronous=True)
-            committed_at = time.monotonic()
+        acks.turn(producer, consumer)
     _finish(spec, consumer, producer, acks, deadline)
     return {"served": served}
 
