@@ -234,7 +234,18 @@ def test_every_kind_of_feedback_is_counted_right(
         # d3's window closes without feedback: default reward; its reward comes late.
         wait_for(lambda: rewards(running).get("defaulted", 0) == 1, "d3's window to close")
         w.send(feedback, "d3", {"id": "d3", "reward": 1})
-        wait_for(lambda: rewards(running).get("unknown", 0) == 1, "ghost to give up waiting")
+        try:
+            wait_for(lambda: rewards(running).get("unknown", 0) == 1, "ghost to give up waiting")
+        except AssertionError as exc:  # seen once in a full run: say what the ledgers held
+            c = running.controller
+            held = {
+                p: (sorted(ledger.waiting), ledger.replaying, ledger.feedback_time)
+                for p, ledger in c._ledgers.items()
+            }
+            raise AssertionError(
+                f"{exc}; counts {rewards(running)}; behind {c._behind}; per partition "
+                f"(waiting ids, replaying, feedback time) {held}; now {time.time():.3f}"
+            ) from None
         wait_for(lambda: rewards(running).get("late", 0) == 1, "d3's late reward")
         # Lake and feedback are read apart: a reward read first waits for its decision.
         wait_for(lambda: rewards(running).get("joined", 0) >= 4, "every join")
